@@ -1,0 +1,330 @@
+"""The ``shipyard`` command: arguments in, one function call, a table (or JSON) out.
+
+Imports of torch, Lightning and MLflow happen inside the commands so that
+``shipyard --help`` is instant. A :class:`~shipyard.errors.UserError` becomes one line on
+stderr and exit code 2; results go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shipyard.console import err_console
+from shipyard.errors import UserError
+
+OVERRIDES_HELP = (
+    "Config overrides as key=value: task=tabular, model=resnet18, data=csv data.path=wine.csv "
+    "data.target=quality, trainer.max_epochs=5, model.lr=1e-3. `shipyard config show` prints every key."
+)
+Overrides = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+]
+
+app = typer.Typer(
+    name="shipyard",
+    help=(
+        "Shipyard: a dataset to a trained, versioned model, served and watched.\n\n"
+        "Quick start: `shipyard pipeline task=image` prepares the bundled digits, trains a CNN "
+        "and scores it. State lives in $SHIPYARD_HOME (default ./.shipyard)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+data_app = typer.Typer(help="Versioned data snapshots: prepare, list, show.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the composed config.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+out = Console()
+
+
+def main() -> None:
+    """Entry point: run the app; user mistakes exit 2 with one line, no traceback."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+@contextmanager
+def _warnings_to_console() -> Iterator[None]:
+    """Show our warnings as one yellow line each, not Python's two-line format."""
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, *_: Any, **__: Any
+    ) -> None:
+        if "shipyard" in filename:  # libraries' deprecation chatter is not the user's business
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _compose(overrides: list[str] | None) -> Any:
+    from shipyard.config import compose
+
+    return compose(overrides or [])
+
+
+def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+    else:
+        render(result)
+
+
+def _kv_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+@data_app.command("prepare")
+def data_prepare(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Read a source into an immutable, content-addressed snapshot with fixed splits.
+
+    Examples: `shipyard data prepare task=image` (bundled digits) ·
+    `shipyard data prepare task=tabular data=csv data.path=wine.csv data.target=quality` ·
+    `shipyard data prepare task=image data=folder data.path=./rice_images`
+    """
+    from shipyard.data.prepare import prepare
+
+    cfg = _compose(overrides)
+    with _warnings_to_console():
+        result = prepare(cfg)
+    _emit(result.summary(), as_json, lambda r: out.print(_kv_table("Snapshot", r)))
+
+
+@data_app.command("list")
+def data_list(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """List the snapshots in the store (newest first)."""
+    from shipyard.data.snapshot import SnapshotStore
+
+    cfg = _compose(overrides)
+    manifests = SnapshotStore(str(cfg.paths.snapshots)).list()
+    rows = [
+        {
+            "id": m["id"],
+            "created_at": m["created_at"],
+            "task": m.get("task"),
+            "source": m["source"].get("name"),
+            "rows": m["rows"],
+            **{f"{s}_rows": m["splits"][s]["rows"] for s in ("train", "val", "test")},
+            "skipped": m["skipped"]["count"],
+        }
+        for m in manifests
+    ]
+    if as_json:
+        typer.echo(json.dumps({"store": str(cfg.paths.snapshots), "snapshots": rows}))
+        return
+    if not rows:
+        out.print(
+            f"No snapshots in {cfg.paths.snapshots} yet: run `shipyard data prepare task=image`."
+        )
+        return
+    table = Table(title=f"Snapshots in {cfg.paths.snapshots}", title_justify="left")
+    for column in rows[0]:
+        table.add_column(
+            column, justify="right" if column.endswith(("rows", "skipped")) else "left"
+        )
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+@data_app.command("show")
+def data_show(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id or a unique prefix of it.")],
+    overrides: Overrides = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a snapshot's manifest: source, schema, splits and class balance, skipped files."""
+    from shipyard.data.snapshot import SnapshotStore
+
+    cfg = _compose(overrides)
+    manifest = SnapshotStore(str(cfg.paths.snapshots)).get(snapshot_id).manifest
+    if as_json:
+        typer.echo(json.dumps(manifest))
+        return
+    out.print(
+        _kv_table(
+            f"Snapshot {manifest['id']}",
+            {
+                "hash": manifest["hash"],
+                "created": manifest["created_at"],
+                "task": manifest.get("task"),
+                "source": manifest["source"],
+                "features": (
+                    manifest["schema"]["features"].get("columns")
+                    and [c["name"] for c in manifest["schema"]["features"]["columns"]]
+                )
+                or manifest["schema"]["features"],
+                "target": f"{manifest['schema']['target']['name']} ({manifest['schema']['target']['kind']})",
+                "rows": manifest["rows"],
+                "skipped files": manifest["skipped"]["count"],
+                "drift reference rows": manifest["reference"]["rows"],
+            },
+        )
+    )
+    splits = Table(title="Splits", title_justify="left")
+    splits.add_column("split")
+    splits.add_column("rows", justify="right")
+    splits.add_column("class balance / target")
+    for name, info in manifest["splits"].items():
+        detail = info.get("class_balance") or info.get("target_stats") or {}
+        splits.add_row(name, str(info["rows"]), _fmt(detail))
+    out.print(splits)
+
+
+# -- train / evaluate / pipeline ----------------------------------------------------------
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    return table
+
+
+@app.command()
+def train(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Train a model on a snapshot and track the run in MLflow.
+
+    Examples: `shipyard train task=image` · `shipyard train task=tabular trainer.max_epochs=5 model.lr=1e-3` ·
+    `shipyard train task=image model=resnet18 model.checkpoint=weights.safetensors` ·
+    `shipyard train snapshot=SNAPSHOT_ID resume=true`
+    """
+    from shipyard.train.run import train as run_training
+
+    cfg = _compose(overrides)
+    with _warnings_to_console():
+        result = run_training(cfg)
+    _emit(result.summary(), as_json, lambda r: _print_train(r))
+
+
+def _print_train(result: dict[str, Any]) -> None:
+    info = {k: v for k, v in result.items() if k != "metrics"}
+    out.print(_kv_table("Training run", info))
+    out.print(_metrics_table("Metrics (best checkpoint)", result["metrics"]))
+
+
+@app.command()
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run id printed by `shipyard train`.")],
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Which split to score: test, val or train.")] = "test",
+    as_json: JsonFlag = False,
+) -> None:
+    """Score a tracked run's best checkpoint on its snapshot and record the metrics on the run."""
+    from shipyard.train.evaluate import evaluate_run
+
+    cfg = _compose(overrides)
+    result = evaluate_run(cfg, run_id, split)
+    _emit(
+        result.summary(),
+        as_json,
+        lambda r: out.print(_metrics_table(f"Run {run_id} on {split}", r["metrics"])),
+    )
+
+
+@app.command()
+def pipeline(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Run every stage that exists: data -> train -> evaluate, with a table per stage."""
+    from shipyard.pipeline import run_pipeline
+
+    cfg = _compose(overrides)
+    with _warnings_to_console():
+        result = run_pipeline(cfg)
+    _emit(result, as_json, _print_pipeline)
+
+
+def _print_pipeline(result: dict[str, Any]) -> None:
+    table = Table(title="Pipeline", title_justify="left")
+    for column in ("stage", "result", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for stage in result["stages"]:
+        table.add_row(stage["stage"], stage["result"], f"{stage['seconds']:.1f}")
+    out.print(table)
+    out.print(_metrics_table("Test metrics", result["metrics"]))
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Print the fully resolved config for these overrides."""
+    from shipyard.config import to_container, to_yaml
+
+    cfg = _compose(overrides)
+    if as_json:
+        typer.echo(json.dumps(to_container(cfg)))
+    else:
+        out.print(to_yaml(cfg), highlight=False, markup=False)
+
+
+@config_app.command("options")
+def config_options(as_json: JsonFlag = False) -> None:
+    """List the options of every config group (task, data, model, trainer, ...)."""
+    from shipyard.config import GROUPS, available
+
+    options = {group: available(group) for group in GROUPS}
+    if as_json:
+        typer.echo(json.dumps(options))
+        return
+    out.print(_kv_table("Config groups", {g: ", ".join(o) for g, o in options.items()}))
+
+
+@app.command()
+def version() -> None:
+    """Print Shipyard's version."""
+    from shipyard import __version__
+
+    typer.echo(__version__)

@@ -1,0 +1,212 @@
+"""Content-addressed, immutable data snapshots on any fsspec filesystem.
+
+A snapshot is a folder named by the hash of its content::
+
+    <root>/<id>/manifest.json          source, counts, class balance, schema, hash, time
+    <root>/<id>/{train,val,test}/      features.npy (images) or features.parquet (tables), target.npy
+    <root>/<id>/reference/             the drift reference: monitor features of the training split
+
+The id hashes the split data (and what the target means), not paths or times, so the
+same source prepared twice, anywhere, gives the same id. A snapshot is written under
+``<root>/.tmp/`` and renamed into place only when complete: a failed prepare leaves no
+snapshot behind, and ``manifest.json`` is the last file written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shipyard import __version__
+from shipyard.errors import NotFoundError
+from shipyard.tasks.base import DataKind, Split
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+TMP = ".tmp"
+ID_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot in a store: its manifest and a way to read its splits."""
+
+    store: SnapshotStore
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def kind(self) -> DataKind:
+        return DataKind(self.manifest["kind"])
+
+    @property
+    def labels(self) -> list[str] | None:
+        labels = self.manifest["schema"]["target"].get("labels")
+        return list(labels) if labels is not None else None
+
+    def load(self, split: str) -> Split:
+        """One split in memory (arrays load without pickle)."""
+        if split not in SPLITS:
+            raise NotFoundError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        folder = f"{self.store.path(self.id)}/{split}"
+        target = self.store.read_array(f"{folder}/target.npy")
+        if self.kind is DataKind.IMAGE:
+            features: Any = self.store.read_array(f"{folder}/features.npy")
+        else:
+            features = self.store.read_table(f"{folder}/features.parquet")
+        return Split(features=features, target=target)
+
+    def reference(self) -> Any:
+        """The drift reference: monitor features of (a sample of) the training split."""
+        return self.store.read_table(f"{self.store.path(self.id)}/reference/features.parquet")
+
+
+class SnapshotStore:
+    """Snapshots under a root folder or URL (``/data/snapshots``, ``gs://b/snapshots``)."""
+
+    def __init__(self, root: str) -> None:
+        import fsspec
+
+        self.url = root
+        self.fs, self.root = fsspec.core.url_to_fs(root)
+
+    def path(self, snapshot_id: str) -> str:
+        return f"{self.root.rstrip('/')}/{snapshot_id}"
+
+    def exists(self, snapshot_id: str) -> bool:
+        return bool(self.fs.exists(f"{self.path(snapshot_id)}/{MANIFEST}"))
+
+    def list(self) -> list[dict[str, Any]]:
+        """Manifests of complete snapshots, newest first."""
+        if not self.fs.exists(self.root):
+            return []
+        manifests = []
+        for entry in self.fs.ls(self.root, detail=False):
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".") or not self.exists(name):
+                continue
+            manifests.append(self._read_manifest(name))
+        return sorted(manifests, key=lambda m: m["created_at"], reverse=True)
+
+    def get(self, ref: str) -> Snapshot:
+        """A snapshot by id or unique id prefix."""
+        ref = ref.strip()
+        if ref and self.exists(ref):
+            return Snapshot(self, self._read_manifest(ref))
+        matches = [m["id"] for m in self.list()] if len(ref) >= 4 else []
+        matches = [m for m in matches if m.startswith(ref)]
+        if len(matches) == 1:
+            return Snapshot(self, self._read_manifest(matches[0]))
+        if len(matches) > 1:
+            raise NotFoundError(
+                f"snapshot prefix {ref!r} is ambiguous ({', '.join(matches)}): give more characters"
+            )
+        raise NotFoundError(
+            f"no snapshot {ref!r} in {self.url}: `shipyard data list` shows the ones there are"
+        )
+
+    def write(
+        self, splits: dict[str, Split], manifest: dict[str, Any], reference: Any
+    ) -> tuple[Snapshot, bool]:
+        """Store a snapshot unless one with this id exists; returns it and whether it was reused."""
+        snapshot_id = str(manifest["id"])
+        if self.exists(snapshot_id):
+            return Snapshot(self, self._read_manifest(snapshot_id)), True
+        staging = f"{self.root.rstrip('/')}/{TMP}/{snapshot_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            for name, split in splits.items():
+                self._write_split(f"{staging}/{name}", split)
+            self._write_table(f"{staging}/reference/features.parquet", reference)
+            self._write_bytes(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+            if self.exists(snapshot_id):  # a concurrent prepare of the same data won
+                return Snapshot(self, self._read_manifest(snapshot_id)), True
+            self.fs.mv(staging, self.path(snapshot_id), recursive=True)
+        finally:
+            if self.fs.exists(staging):
+                self.fs.rm(staging, recursive=True)
+        return Snapshot(self, manifest), False
+
+    # -- file helpers: every write and read goes through fsspec -------------------------
+
+    def _write_split(self, folder: str, split: Split) -> None:
+        if isinstance(split.features, np.ndarray):
+            self._write_array(f"{folder}/features.npy", split.features)
+        else:
+            self._write_table(f"{folder}/features.parquet", split.features)
+        self._write_array(f"{folder}/target.npy", split.target)
+
+    def _write_bytes(self, path: str, blob: bytes) -> None:
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(path, "wb") as handle:
+            handle.write(blob)
+
+    def _write_array(self, path: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        self._write_bytes(path, buffer.getvalue())
+
+    def _write_table(self, path: str, frame: Any) -> None:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self._write_bytes(path, buffer.getvalue())
+
+    def read_array(self, path: str) -> np.ndarray:
+        with self.fs.open(path, "rb") as handle:
+            array: np.ndarray = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+        return array
+
+    def read_table(self, path: str) -> Any:
+        import pandas as pd
+
+        with self.fs.open(path, "rb") as handle:
+            return pd.read_parquet(io.BytesIO(handle.read()))
+
+    def _read_manifest(self, snapshot_id: str) -> dict[str, Any]:
+        with self.fs.open(f"{self.path(snapshot_id)}/{MANIFEST}", "rb") as handle:
+            manifest: dict[str, Any] = json.loads(handle.read())
+        return manifest
+
+
+def content_hash(splits: dict[str, Split], meaning: dict[str, Any]) -> str:
+    """SHA-256 over the split data and what the target means, in a canonical form.
+
+    Tables hash column names and float64 values (not Parquet bytes, whose metadata
+    varies between library versions); arrays hash dtype, shape and bytes.
+    """
+    digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode())
+    for name in sorted(splits):
+        split = splits[name]
+        digest.update(f"split:{name}".encode())
+        for key, array in _canonical_arrays(split):
+            digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _canonical_arrays(split: Split) -> list[tuple[str, np.ndarray]]:
+    arrays: list[tuple[str, np.ndarray]] = []
+    if isinstance(split.features, np.ndarray):
+        arrays.append(("features", split.features))
+    else:
+        for column in split.features.columns:
+            arrays.append((f"column:{column}", split.features[column].to_numpy(dtype=np.float64)))
+    arrays.append(("target", split.target))
+    return arrays
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def creator() -> dict[str, str]:
+    return {"shipyard": __version__}

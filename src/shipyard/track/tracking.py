@@ -1,0 +1,130 @@
+"""MLflow tracking: where runs live, and reading and writing them.
+
+The default is an embedded SQLite store under the Shipyard home (``<home>/mlflow.db``,
+artifacts in ``<home>/mlartifacts``); ``tracking.uri`` points at any MLflow server or
+database instead. Browse the default store with::
+
+    mlflow ui --backend-store-uri sqlite:///.shipyard/mlflow.db
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from shipyard.errors import NotFoundError
+
+# Tags every Shipyard run carries; later stages read them instead of paths on disk.
+TAG_SNAPSHOT = "shipyard.snapshot_id"
+TAG_SNAPSHOT_STORE = "shipyard.snapshot_store"
+TAG_TASK = "shipyard.task"
+TAG_MODEL = "shipyard.model"
+TAG_COMMIT = "shipyard.git_commit"
+TAG_FINGERPRINT = "shipyard.config_fingerprint"
+TAG_OUTPUT_KIND = "shipyard.output_kind"
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_CHECKPOINT = "checkpoints/best.ckpt"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.tracking.get("uri"):
+        return str(cfg.tracking.uri)
+    return f"sqlite:///{Path(str(cfg.paths.home)) / 'mlflow.db'}"
+
+
+def artifact_location(cfg: DictConfig) -> str:
+    if cfg.tracking.get("artifacts"):
+        return str(cfg.tracking.artifacts)
+    return (Path(str(cfg.paths.home)) / "mlartifacts").as_uri()
+
+
+def client(cfg: DictConfig) -> Any:
+    """An ``MlflowClient`` on the configured store (created on first use)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from shipyard.console import quiet_libraries
+
+    quiet_libraries()
+    # MLflow draws a tqdm bar for every artifact download; ours are single small files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(cfg: DictConfig) -> str:
+    """The configured experiment's id, creating it with Shipyard's artifact location."""
+    mlflow_client = client(cfg)
+    name = str(cfg.tracking.experiment)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(mlflow_client.create_experiment(name, artifact_location=artifact_location(cfg)))
+
+
+def get_run(cfg: DictConfig, run_id: str) -> Any:
+    """A run by id, with a one-line error when the store does not hold it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(cfg).get_run(run_id)
+    except MlflowException:
+        raise NotFoundError(
+            f"no run {run_id!r} in {tracking_uri(cfg)}: run ids are printed by `shipyard train` "
+            "(or set tracking.uri to the store that holds it)"
+        ) from None
+
+
+def log_json(cfg: DictConfig, run_id: str, data: Any, artifact_file: str) -> None:
+    log_text(cfg, run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+
+def log_text(cfg: DictConfig, run_id: str, text: str, artifact_file: str) -> None:
+    client(cfg).log_text(run_id, text, artifact_file)
+
+
+def log_file(cfg: DictConfig, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
+    client(cfg).log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_metrics(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), stamp, 0) for key, value in metrics.items()]
+    client(cfg).log_batch(run_id, metrics=batch)
+
+
+def download(cfg: DictConfig, run_id: str, artifact_path: str) -> Path:
+    """Download one artifact of a run into a fresh temporary folder; returns the local path."""
+    from mlflow.exceptions import MlflowException
+
+    target = Path(tempfile.mkdtemp(prefix="shipyard-artifact-"))
+    try:
+        return Path(client(cfg).download_artifacts(run_id, artifact_path, str(target)))
+    except (MlflowException, OSError) as exc:
+        raise NotFoundError(
+            f"run {run_id} has no artifact {artifact_path!r}: was it trained by Shipyard?"
+        ) from exc
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys (``model.lr``), the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat

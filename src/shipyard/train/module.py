@@ -1,0 +1,69 @@
+"""The one LightningModule: wraps any task's model; loss and metrics follow the output kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from shipyard.tasks.base import OutputKind
+from shipyard.train.metrics import loss_fn, score
+
+
+class ShipyardModule(L.LightningModule):
+    """Trains ``model`` (raw features -> logits or value) with AdamW and a cosine schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        output_kind: OutputKind,
+        num_classes: int | None,
+        lr: float,
+        weight_decay: float,
+        target_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.output_kind = output_kind
+        self.num_classes = num_classes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.target_scale = target_scale
+        self._val_outputs: list[tuple[Tensor, Tensor]] = []
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.model(features)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        features, target = batch
+        loss = loss_fn(self.output_kind, self(features), target, self.target_scale)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        features, target = batch
+        self._val_outputs.append((self(features).detach(), target))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        outputs = torch.cat([o for o, _ in self._val_outputs])
+        target = torch.cat([t for _, t in self._val_outputs])
+        self._val_outputs.clear()
+        metrics = score(self.output_kind, outputs, target, self.num_classes)
+        metrics["loss"] = float(loss_fn(self.output_kind, outputs, target, self.target_scale))
+        for name, value in metrics.items():
+            if isinstance(value, float):
+                self.log(f"val_{name}", value, prog_bar=name in ("loss", "accuracy", "mae"))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }

@@ -1,0 +1,241 @@
+"""``shipyard train``: a snapshot and a config in, a tracked MLflow run with test metrics out."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from shipyard.config import fingerprint, to_container, to_yaml
+from shipyard.console import err_console, quiet_libraries
+from shipyard.data.snapshot import SPLITS, Snapshot, SnapshotStore
+from shipyard.errors import ConfigError, DataError
+from shipyard.tasks import Task, get_task
+from shipyard.tasks.base import OutputKind
+from shipyard.track import tracking
+from shipyard.track.lineage import git_commit
+
+RUN_ID_FILE = "run_id"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    snapshot_id: str
+    metrics: dict[str, float]
+    epochs: int
+    duration_s: float
+    resumed: bool
+    checkpoint: str
+    tracking_uri: str
+    confusion_matrix: list[list[int]] | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "snapshot_id": self.snapshot_id,
+            "metrics": self.metrics,
+            "epochs": self.epochs,
+            "duration_s": round(self.duration_s, 2),
+            "resumed": self.resumed,
+            "tracking_uri": self.tracking_uri,
+        }
+
+
+def resolve_snapshot(cfg: DictConfig) -> Snapshot:
+    """``snapshot=ID`` names one; otherwise prepare (or reuse) the snapshot of ``data``."""
+    if cfg.get("snapshot"):
+        return SnapshotStore(str(cfg.paths.snapshots)).get(str(cfg.snapshot))
+    from shipyard.data.prepare import prepare
+
+    return prepare(cfg).snapshot
+
+
+def check_model(task: Task, cfg: DictConfig) -> None:
+    family = str(cfg.model.family)
+    if family not in task.model_families:
+        from shipyard.config import available
+
+        raise ConfigError(
+            f"model {cfg.model.name!r} ({family}) does not fit task {task.name!r}: "
+            f"use a {'/'.join(task.model_families)} model (options: {', '.join(available('model'))})"
+        )
+
+
+def check_data(task: Task, snapshot: Snapshot) -> None:
+    if snapshot.kind is not task.data_kind:
+        raise DataError(
+            f"snapshot {snapshot.id} holds {snapshot.kind.value} data but task {task.name!r} "
+            f"needs {task.data_kind.value} data"
+        )
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Train the configured model on its snapshot, track it in MLflow and score the test split."""
+    import lightning as L
+    from lightning.pytorch.loggers import MLFlowLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from shipyard.train.evaluate import evaluate_model, load_weights
+    from shipyard.train.metrics import scalars
+    from shipyard.train.module import ShipyardModule
+    from shipyard.train.trainer import build_trainer
+
+    quiet_libraries()
+    started = time.perf_counter()
+    task = get_task(str(cfg.task.name))
+    check_model(task, cfg)
+    snapshot = resolve_snapshot(cfg)
+    check_data(task, snapshot)
+    half = task.training()
+    schema = snapshot.manifest["schema"]
+    kind = OutputKind(schema["target"]["kind"])
+    labels = schema["target"].get("labels")
+    splits = {name: snapshot.load(name) for name in SPLITS}
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model = half.build_model(cfg.model, schema, splits["train"])
+    scale = float(splits["train"].target.std()) if kind is OutputKind.NUMBER else 1.0
+    module = ShipyardModule(
+        model,
+        output_kind=kind,
+        num_classes=len(labels) if labels else None,
+        lr=float(cfg.model.lr),
+        weight_decay=float(cfg.model.weight_decay),
+        target_scale=scale or 1.0,
+    )
+    tensors = {name: half.to_tensors(split, schema) for name, split in splits.items()}
+    batch_size = int(cfg.trainer.batch_size)
+    workers = int(cfg.trainer.num_workers)
+    train_loader = DataLoader(
+        TensorDataset(*tensors["train"]), batch_size=batch_size, shuffle=True, num_workers=workers
+    )
+    val_loader = DataLoader(
+        TensorDataset(*tensors["val"]), batch_size=batch_size * 4, num_workers=workers
+    )
+
+    config_id = fingerprint(cfg, exclude=("resume",))
+    workdir = Path(str(cfg.paths.checkpoints)) / f"{snapshot.id}-{config_id}"
+    resume_from, run_id = _resume_point(workdir, bool(cfg.resume))
+    tracking.experiment_id(cfg)  # creates the experiment with Shipyard's artifact location
+    logger = MLFlowLogger(
+        experiment_name=str(cfg.tracking.experiment),
+        tracking_uri=tracking.tracking_uri(cfg),
+        run_name=f"{task.name}-{cfg.model.name}",
+        run_id=run_id,
+        tags=_tags(cfg, snapshot, config_id),
+    )
+    loggers: list[Any] = [logger, *_extra_loggers(cfg)]
+    if run_id is None:
+        logger.log_hyperparams(tracking.flatten(to_container(cfg)))
+    trainer, checkpoint = build_trainer(cfg, workdir, loggers)
+    run_id = str(logger.run_id)
+    _run_id_file(workdir).parent.mkdir(parents=True, exist_ok=True)
+    _run_id_file(workdir).write_text(run_id)
+    trainer.fit(
+        module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None
+    )
+
+    best = Path(checkpoint.best_model_path or workdir / "last.ckpt")
+    load_weights(model, best)
+    test = evaluate_model(model, half, splits["test"], schema)
+    val = evaluate_model(model, half, splits["val"], schema)
+    metrics = scalars(test, "test") | scalars(val, "best_val")
+    _record(cfg, run_id, metrics, best, snapshot, test.get("confusion_matrix"), labels)
+    for extra in loggers[1:]:
+        extra.log_metrics(metrics)
+        extra.finalize("success")
+    return TrainResult(
+        run_id=run_id,
+        snapshot_id=snapshot.id,
+        metrics=metrics,
+        epochs=int(trainer.current_epoch),
+        duration_s=time.perf_counter() - started,
+        resumed=resume_from is not None,
+        checkpoint=str(best),
+        tracking_uri=tracking.tracking_uri(cfg),
+        confusion_matrix=test.get("confusion_matrix"),
+    )
+
+
+def _resume_point(workdir: Path, resume: bool) -> tuple[Path | None, str | None]:
+    """With resume, the last checkpoint and run id of this exact config; otherwise a clean folder."""
+    last, run_file = workdir / "last.ckpt", _run_id_file(workdir)
+    if resume and last.is_file() and run_file.is_file():
+        return last, run_file.read_text().strip()
+    if resume:
+        err_console.print(
+            "[yellow]resume=true but no interrupted training of this config: starting fresh[/]"
+        )
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    return None, None
+
+
+def _run_id_file(workdir: Path) -> Path:
+    """Beside the checkpoint folder, which Lightning wants empty at the start."""
+    return workdir.with_name(f"{workdir.name}.{RUN_ID_FILE}")
+
+
+def _tags(cfg: DictConfig, snapshot: Snapshot, config_id: str) -> dict[str, str]:
+    from shipyard import __version__
+
+    return {
+        tracking.TAG_SNAPSHOT: snapshot.id,
+        tracking.TAG_SNAPSHOT_STORE: snapshot.store.url,
+        tracking.TAG_TASK: str(cfg.task.name),
+        tracking.TAG_MODEL: str(cfg.model.name),
+        tracking.TAG_OUTPUT_KIND: str(snapshot.manifest["schema"]["target"]["kind"]),
+        tracking.TAG_COMMIT: git_commit() or "unknown",
+        tracking.TAG_FINGERPRINT: config_id,
+        "shipyard.version": __version__,
+    }
+
+
+def _extra_loggers(cfg: DictConfig) -> list[Any]:
+    wandb_cfg = cfg.tracking.get("wandb")
+    if not wandb_cfg or not wandb_cfg.get("enabled"):
+        return []
+    from lightning.pytorch.loggers import WandbLogger
+
+    save_dir = Path(str(cfg.paths.home)) / "wandb"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        WandbLogger(
+            project=str(wandb_cfg.project),
+            save_dir=str(save_dir),
+            offline=str(wandb_cfg.mode) == "offline",
+            config=to_container(cfg),
+        )
+    ]
+
+
+def _record(
+    cfg: DictConfig,
+    run_id: str,
+    metrics: dict[str, float],
+    best: Path,
+    snapshot: Snapshot,
+    matrix: list[list[int]] | None,
+    labels: list[str] | None,
+) -> None:
+    """Final metrics and the artifacts later stages read: config, checkpoint, snapshot manifest, plot."""
+    from shipyard.train.plots import confusion_matrix_png
+
+    tracking.log_metrics(cfg, run_id, metrics)
+    tracking.log_text(cfg, run_id, to_yaml(cfg), tracking.ARTIFACT_CONFIG)
+    tracking.log_json(cfg, run_id, snapshot.manifest, "snapshot_manifest.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "best.ckpt"
+        shutil.copyfile(best, ckpt)
+        tracking.log_file(cfg, run_id, ckpt, "checkpoints")
+        if matrix is not None and labels:
+            png = confusion_matrix_png(
+                matrix, labels, Path(tmp) / "confusion_matrix.png", "test split"
+            )
+            tracking.log_file(cfg, run_id, png)

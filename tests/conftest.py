@@ -1,0 +1,64 @@
+"""Fixtures: a real, temporary Shipyard home per test; nothing of Shipyard's is mocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+# No test may reach a model hub: fail fast instead of waiting for the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# Small, quick training for tests; the slow tests train at full size.
+FAST = ("trainer.max_epochs=3", "trainer.early_stopping_patience=null")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty SHIPYARD_HOME for this test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SHIPYARD_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def compose(home: Path) -> Callable[..., DictConfig]:
+    """Compose the real packaged config with overrides, against the test's home."""
+    from shipyard.config import compose as shipyard_compose
+
+    def _compose(*overrides: str) -> DictConfig:
+        return shipyard_compose(list(overrides))
+
+    return _compose
+
+
+def run_cli(
+    *args: str, home: Path, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``shipyard`` command in a subprocess, as a user would."""
+    env = {**os.environ, "SHIPYARD_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "shipyard", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or home.parent,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, home=home)
+
+    return _cli
