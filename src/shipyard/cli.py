@@ -253,6 +253,7 @@ def _print_train(result: dict[str, Any]) -> None:
     info = {k: v for k, v in result.items() if k != "metrics"}
     out.print(_kv_table("Training run", info))
     out.print(_metrics_table("Metrics (best checkpoint)", result["metrics"]))
+    _print_browse_hint(result["tracking_uri"])
 
 
 @app.command()
@@ -293,6 +294,12 @@ def _print_pipeline(result: dict[str, Any]) -> None:
         table.add_row(stage["stage"], stage["result"], f"{stage['seconds']:.1f}")
     out.print(table)
     out.print(_metrics_table("Test metrics", result["metrics"]))
+    _print_browse_hint(result["tracking_uri"])
+
+
+def _print_browse_hint(uri: str) -> None:
+    if uri.startswith("sqlite:"):
+        out.print(f"Browse runs: [bold]mlflow ui --backend-store-uri {uri}[/]", highlight=False)
 
 
 # -- config -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     evaluated = evaluate_run(cfg, trained.run_id)
-    stages.append(_stage("evaluate", f"test metrics recorded on run {trained.run_id}", started))
+    stages.append(_stage("evaluate", "test metrics recorded on the run", started))
     return {
         "snapshot_id": prepared.snapshot.id,
         "run_id": trained.run_id,
