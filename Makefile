@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "Installing Shipyard and its pinned dependencies into $(VENV) (first time: a few minutes)..."
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "pip" 2>&1 | $(PIP_QUIET)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]" 2>&1 | $(PIP_QUIET)
-	@$(BIN)/python -c "import shipyard, torch, lightning, mlflow" 
+	@$(BIN)/python -c "import shipyard, torch, lightning, mlflow"
 	@touch $(STAMP)
 
 run: setup

@@ -16,7 +16,11 @@ import time
 CASES = {
     "python -c pass (baseline)": [sys.executable, "-c", "pass"],
     "shipyard --help": [sys.executable, "-m", "shipyard", "--help"],
-    "python -c 'import torch, lightning, mlflow'": [sys.executable, "-c", "import torch, lightning, mlflow"],
+    "python -c 'import torch, lightning, mlflow'": [
+        sys.executable,
+        "-c",
+        "import torch, lightning, mlflow",
+    ],
 }
 
 
@@ -35,7 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     results = {name: measure(command, args.repeat) for name, command in CASES.items()}
     baseline = results["python -c pass (baseline)"]
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
+    )
     print(f"| command | median seconds ({args.repeat} runs) | x baseline |")
     print("| --- | ---: | ---: |")
     for name, seconds in results.items():

@@ -11,7 +11,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Annotated, Any
 
 import typer
@@ -50,27 +50,28 @@ out = Console()
 
 
 def main() -> None:
-    """Entry point: run the app; user mistakes exit 2 with one line, no traceback."""
+    """Entry point: user mistakes exit 2 with one line, no traceback.
+
+    Typer's standalone mode already handles usage errors (unknown command or option:
+    exit 2), ``--help`` and Ctrl-C; Shipyard's own :class:`UserError` is handled here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.exceptions.UsageError) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+
+@contextmanager
+def _working(as_json: bool) -> Iterator[None]:
+    """While a command works: our warnings as one line each, and with ``--json`` anything
+    a library prints (W&B's footer, say) goes to stderr so stdout stays one JSON object."""
+    with _warnings_to_console():
+        if not as_json:
+            yield
+            return
+        with redirect_stdout(sys.stderr):
+            yield
 
 
 @contextmanager
@@ -135,7 +136,7 @@ def data_prepare(overrides: Overrides = None, as_json: JsonFlag = False) -> None
     from shipyard.data.prepare import prepare
 
     cfg = _compose(overrides)
-    with _warnings_to_console():
+    with _working(as_json):
         result = prepare(cfg)
     _emit(result.summary(), as_json, lambda r: out.print(_kv_table("Snapshot", r)))
 
@@ -244,7 +245,7 @@ def train(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
     from shipyard.train.run import train as run_training
 
     cfg = _compose(overrides)
-    with _warnings_to_console():
+    with _working(as_json):
         result = run_training(cfg)
     _emit(result.summary(), as_json, lambda r: _print_train(r))
 
@@ -267,7 +268,8 @@ def evaluate(
     from shipyard.train.evaluate import evaluate_run
 
     cfg = _compose(overrides)
-    result = evaluate_run(cfg, run_id, split)
+    with _working(as_json):
+        result = evaluate_run(cfg, run_id, split)
     _emit(
         result.summary(),
         as_json,
@@ -281,7 +283,7 @@ def pipeline(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
     from shipyard.pipeline import run_pipeline
 
     cfg = _compose(overrides)
-    with _warnings_to_console():
+    with _working(as_json):
         result = run_pipeline(cfg)
     _emit(result, as_json, _print_pipeline)
 
@@ -330,8 +332,8 @@ def config_options(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def version() -> None:
+def version(as_json: JsonFlag = False) -> None:
     """Print Shipyard's version."""
     from shipyard import __version__
 
-    typer.echo(__version__)
+    typer.echo(json.dumps({"version": __version__}) if as_json else __version__)

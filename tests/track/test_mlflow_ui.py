@@ -33,13 +33,24 @@ def test_mlflow_ui_shows_the_run_with_params_metrics_and_artifacts(
     port = _free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
-        [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            str(mlflow),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}"},
     )
     try:
-        payload = _get_json(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}", deadline=90)
+        payload = _get_json(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}", deadline=90
+        )
         data = payload["run"]["data"]
         params = {p["key"]: p["value"] for p in data["params"]}
         metrics = {m["key"] for m in data["metrics"]}
@@ -47,7 +58,9 @@ def test_mlflow_ui_shows_the_run_with_params_metrics_and_artifacts(
         assert params["task.name"] == "tabular"
         assert {"test_accuracy", "val_loss", "train_loss"} <= metrics
         assert tags["shipyard.snapshot_id"]
-        artifacts = _get_json(f"http://127.0.0.1:{port}/api/2.0/mlflow/artifacts/list?run_id={run_id}", deadline=10)
+        artifacts = _get_json(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/artifacts/list?run_id={run_id}", deadline=10
+        )
         assert {"config.yaml", "confusion_matrix.png"} <= {f["path"] for f in artifacts["files"]}
     finally:
         server.terminate()

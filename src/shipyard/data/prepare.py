@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,18 +79,32 @@ def split_dataset(dataset: Dataset, data_cfg: DictConfig) -> dict[str, Split]:
         raise DataError(
             f"the source has {rows} usable rows: need at least {MIN_ROWS} to make train/val/test splits"
         )
+    # Row counts of the whole source, rounded up like scikit-learn does; computed here
+    # because val / (1 - test) of the rest drifts by a row (0.15 / 0.85 * 170 > 30).
+    test_rows, val_rows = _split_rows(test, rows), _split_rows(val, rows)
+    if rows - test_rows - val_rows < 1:
+        raise DataError(
+            f"the source has {rows} rows: too few to keep any for training after {val_rows} "
+            f"validation and {test_rows} test rows (lower data.val_fraction / data.test_fraction)"
+        )
     seed = int(data_cfg.split_seed)
     index = np.arange(rows)
     stratify = _stratify(dataset, val, test)
-    rest, test_index = train_test_split(index, test_size=test, random_state=seed, stratify=stratify)
+    rest, test_index = train_test_split(
+        index, test_size=test_rows, random_state=seed, stratify=stratify
+    )
     rest_stratify = stratify[rest] if stratify is not None else None
     train_index, val_index = train_test_split(
-        rest, test_size=val / (1 - test), random_state=seed, stratify=rest_stratify
+        rest, test_size=val_rows, random_state=seed, stratify=rest_stratify
     )
     return {
         name: _take(dataset, np.sort(part))
         for name, part in (("train", train_index), ("val", val_index), ("test", test_index))
     }
+
+
+def _split_rows(fraction: float, rows: int) -> int:
+    return max(1, math.ceil(round(fraction * rows, 6)))
 
 
 def _stratify(dataset: Dataset, val: float, test: float) -> np.ndarray | None:
@@ -148,7 +163,16 @@ def build_manifest(
             "columns": [{"name": str(c), "dtype": "float64"} for c in dataset.features.columns],
         }
     schema = {"features": features_schema, "target": target_schema}
-    digest = content_hash(splits, {"kind": dataset.kind.value, "schema": schema})
+    # The drift reference is part of the snapshot, so what shapes it (the task's monitor
+    # features, the sample size) is part of the id: changing either must not reuse a
+    # snapshot whose reference was built differently.
+    meaning = {
+        "kind": dataset.kind.value,
+        "schema": schema,
+        "task": str(cfg.task.name),
+        "reference_rows": int(cfg.data.reference_rows),
+    }
+    digest = content_hash(splits, meaning)
     data_cfg = to_container(cfg)["data"]
     return {
         "id": digest[:ID_LENGTH],

@@ -14,11 +14,13 @@ snapshot behind, and ``manifest.json`` is the last file written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 TMP = ".tmp"
 ID_LENGTH = 16
+# A shorter id prefix is never looked up: too likely to match by chance.
+MIN_PREFIX = 4
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,11 @@ class SnapshotStore:
     def get(self, ref: str) -> Snapshot:
         """A snapshot by id or unique id prefix."""
         ref = ref.strip()
-        if ref and self.exists(ref):
+        # A plain name only: "../x" or ".tmp/..." must not reach outside the store.
+        plain = bool(ref) and not ref.startswith(".") and "/" not in ref and "\\" not in ref
+        if plain and self.exists(ref):
             return Snapshot(self, self._read_manifest(ref))
-        matches = [m["id"] for m in self.list()] if len(ref) >= 4 else []
+        matches = [m["id"] for m in self.list()] if plain and len(ref) >= MIN_PREFIX else []
         matches = [m for m in matches if m.startswith(ref)]
         if len(matches) == 1:
             return Snapshot(self, self._read_manifest(matches[0]))
@@ -111,8 +117,11 @@ class SnapshotStore:
             raise NotFoundError(
                 f"snapshot prefix {ref!r} is ambiguous ({', '.join(matches)}): give more characters"
             )
+        hint = (
+            f" (a prefix needs at least {MIN_PREFIX} characters)" if len(ref) < MIN_PREFIX else ""
+        )
         raise NotFoundError(
-            f"no snapshot {ref!r} in {self.url}: `shipyard data list` shows the ones there are"
+            f"no snapshot {ref!r} in {self.url}{hint}: `shipyard data list` shows the ones there are"
         )
 
     def write(
@@ -124,41 +133,86 @@ class SnapshotStore:
             return Snapshot(self, self._read_manifest(snapshot_id)), True
         staging = f"{self.root.rstrip('/')}/{TMP}/{snapshot_id}-{uuid.uuid4().hex[:8]}"
         try:
+            written: list[str] = []
             for name, split in splits.items():
-                self._write_split(f"{staging}/{name}", split)
-            self._write_table(f"{staging}/reference/features.parquet", reference)
+                written.extend(self._write_split(f"{staging}/{name}", split))
+            written.append(self._write_table(f"{staging}/reference/features.parquet", reference))
             self._write_bytes(f"{staging}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-            if self.exists(snapshot_id):  # a concurrent prepare of the same data won
+            if self.exists(snapshot_id) or not self._publish(
+                staging, snapshot_id, [w[len(staging) + 1 :] for w in written]
+            ):  # a concurrent prepare of the same data won
                 return Snapshot(self, self._read_manifest(snapshot_id)), True
-            self.fs.mv(staging, self.path(snapshot_id), recursive=True)
         finally:
-            if self.fs.exists(staging):
-                self.fs.rm(staging, recursive=True)
+            self._remove(staging)
         return Snapshot(self, manifest), False
+
+    def _publish(self, staging: str, snapshot_id: str, files: Sequence[str]) -> bool:
+        """Move a complete staging folder into place; False if another writer got there first.
+
+        On a local disk this is one atomic rename. Object stores have no rename, so each
+        file is copied with ``manifest.json`` last: until it lands there is no snapshot,
+        and a failure removes what was copied.
+        """
+        from fsspec.implementations.local import LocalFileSystem
+
+        final = self.path(snapshot_id)
+        if isinstance(self.fs, LocalFileSystem):
+            from pathlib import Path
+
+            # os.rename: atomic, and it refuses to replace a folder that has files in it.
+            try:
+                Path(staging).rename(final)
+            except OSError:
+                if self.exists(snapshot_id):
+                    return False
+                if not Path(final).is_dir():
+                    raise
+                # Remains of an interrupted copy (no manifest): replace them.
+                self.fs.rm(final, recursive=True)
+                Path(staging).rename(final)
+            return True
+        copied: list[str] = []
+        try:
+            for relative in [*files, MANIFEST]:
+                self.fs.cp_file(f"{staging}/{relative}", f"{final}/{relative}")
+                copied.append(f"{final}/{relative}")
+        except BaseException:
+            if not self.exists(snapshot_id):  # only our own files: another writer may be copying
+                for path in copied:
+                    self._remove(path)
+            raise
+        return True
+
+    def _remove(self, path: str) -> None:
+        """Best-effort removal of a file or folder: cleanup must not hide the real error."""
+        with contextlib.suppress(OSError):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
 
     # -- file helpers: every write and read goes through fsspec -------------------------
 
-    def _write_split(self, folder: str, split: Split) -> None:
+    def _write_split(self, folder: str, split: Split) -> tuple[str, str]:
         if isinstance(split.features, np.ndarray):
-            self._write_array(f"{folder}/features.npy", split.features)
+            features = self._write_array(f"{folder}/features.npy", split.features)
         else:
-            self._write_table(f"{folder}/features.parquet", split.features)
-        self._write_array(f"{folder}/target.npy", split.target)
+            features = self._write_table(f"{folder}/features.parquet", split.features)
+        return features, self._write_array(f"{folder}/target.npy", split.target)
 
-    def _write_bytes(self, path: str, blob: bytes) -> None:
+    def _write_bytes(self, path: str, blob: bytes) -> str:
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(path, "wb") as handle:
             handle.write(blob)
+        return path
 
-    def _write_array(self, path: str, array: np.ndarray) -> None:
+    def _write_array(self, path: str, array: np.ndarray) -> str:
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        self._write_bytes(path, buffer.getvalue())
+        return self._write_bytes(path, buffer.getvalue())
 
-    def _write_table(self, path: str, frame: Any) -> None:
+    def _write_table(self, path: str, frame: Any) -> str:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
-        self._write_bytes(path, buffer.getvalue())
+        return self._write_bytes(path, buffer.getvalue())
 
     def read_array(self, path: str) -> np.ndarray:
         with self.fs.open(path, "rb") as handle:

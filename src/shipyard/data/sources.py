@@ -23,6 +23,9 @@ from shipyard.tasks.base import DataKind, OutputKind
 
 # Images larger than this many pixels are refused before decoding (decompression bombs).
 MAX_IMAGE_PIXELS = 64_000_000
+TABLE_FORMATS = ("csv", "parquet")
+# Hugging Face column types that can hold images: file paths or encoded bytes.
+IMAGE_VALUE_TYPES = ("string", "large_string", "binary", "large_binary")
 
 
 def load_source(data_cfg: DictConfig) -> Dataset:
@@ -80,8 +83,9 @@ def read_folder(data_cfg: DictConfig) -> Dataset:
     require(data_cfg, "path")
     root = Path(str(data_cfg.path)).expanduser()
     if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"image folder {str(root)!r} does not exist: pass data.path=FOLDER with one sub-folder per class"
+            f"image folder {str(root)!r} {what}: pass data.path=FOLDER with one sub-folder per class"
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
@@ -100,26 +104,26 @@ def read_folder(data_cfg: DictConfig) -> Dataset:
     target: list[int] = []
     skipped: list[dict[str, str]] = []
     for class_index, path in track(files, description=f"Reading images from {root.name}"):
-        relative = str(path.relative_to(root))
-        if path.name.startswith("."):
-            skipped.append({"file": relative, "reason": "hidden file"})
+        relative = path.relative_to(root)
+        # Hidden files and anything under a hidden folder (.ipynb_checkpoints/, .git/).
+        if any(part.startswith(".") for part in relative.parts):
+            skipped.append({"file": str(relative), "reason": "hidden file"})
             continue
         try:
             images.append(_decode_image(path.read_bytes(), mode, (width, height)))
             target.append(class_index)
-        except ValueError as exc:
-            skipped.append({"file": relative, "reason": str(exc)})
-    if skipped:
-        warnings.warn(
-            f"skipped {len(skipped)} of {len(files)} files that are not readable images "
-            f"(first: {skipped[0]['file']}: {skipped[0]['reason']}); the manifest lists them",
-            stacklevel=2,
-        )
+        except (ValueError, OSError) as exc:
+            skipped.append({"file": str(relative), "reason": _first_line(exc)})
+    if not images:
+        summary = _skipped_summary(skipped, len(files), "files")
+        raise DataError(f"image folder {str(root)!r} has no readable images: {summary}")
     labels = [d.name for d in class_dirs]
-    shape = (0, height, width, 3 if mode == "RGB" else 1)
+    _require_two_classes(target, labels, f"image folder {str(root)!r}")
+    if skipped:
+        _warn_skipped(skipped, len(files), "files")
     return Dataset(
         kind=DataKind.IMAGE,
-        features=np.stack(images) if images else np.zeros(shape, np.uint8),
+        features=np.stack(images),
         target=np.asarray(target, dtype=np.int64),
         target_name="class",
         output_kind=OutputKind.CLASSES,
@@ -127,6 +131,35 @@ def read_folder(data_cfg: DictConfig) -> Dataset:
         source={"name": "folder", "path": str(root.resolve()), "files": len(files)},
         skipped=skipped,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _skipped_summary(skipped: list[dict[str, str]], total: int, what: str) -> str:
+    if not skipped:
+        return f"there are no {what} to read"
+    first = skipped[0]
+    return f"skipped {len(skipped)} of {total} {what} (first: {first['file']}: {first['reason']})"
+
+
+def _warn_skipped(skipped: list[dict[str, str]], total: int, what: str) -> None:
+    warnings.warn(
+        f"skipped {len(skipped)} of {total} {what} that are not readable images "
+        f"(first: {skipped[0]['file']}: {skipped[0]['reason']}); the manifest lists them",
+        stacklevel=3,
+    )
+
+
+def _require_two_classes(target: list[int], labels: list[str], where: str) -> None:
+    present = sorted({labels[i] for i in target})
+    if len(present) < 2:
+        raise DataError(
+            f"{where} has readable images of {len(present)} class ({', '.join(present)}): "
+            "need at least two classes, one sub-folder each"
+        )
 
 
 def _image_size(data_cfg: DictConfig) -> tuple[int, int]:
@@ -154,11 +187,16 @@ def _decode_image(blob: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"image too large ({image.width}x{image.height})")
             image.load()
-            converted = image.convert(mode).resize(size, Image.Resampling.BILINEAR)
+            decoded: Image.Image = image
+            if image.mode.startswith("I;16"):
+                # 16-bit greyscale: PIL's convert() would clip everything above 255 to white.
+                wide = np.asarray(image).astype(np.uint16)
+                decoded = Image.fromarray((wide >> 8).astype(np.uint8))
+            converted = decoded.convert(mode).resize(size, Image.Resampling.BILINEAR)
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"corrupt image ({exc})") from None
+        raise ValueError(f"corrupt image ({_first_line(exc)})") from None
     array = np.asarray(converted, dtype=np.uint8)
     return array[..., np.newaxis] if array.ndim == 2 else array
 
@@ -171,14 +209,20 @@ def read_table(data_cfg: DictConfig) -> Dataset:
     require(data_cfg, "path", "target")
     path = str(data_cfg.path)
     fmt = data_cfg.get("format") or ("parquet" if path.endswith((".parquet", ".pq")) else "csv")
+    if fmt not in TABLE_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(TABLE_FORMATS)}, not {fmt!r}")
     fs, fs_path = fsspec.core.url_to_fs(path)
     if not fs.exists(fs_path):
         raise DataError(f"table file {path!r} does not exist: pass data.path=FILE")
     try:
         with fs.open(fs_path, "rb") as handle:
             frame = pd.read_parquet(handle) if fmt == "parquet" else pd.read_csv(handle)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"table file {path!r} is empty: expected a header row of column names and data rows"
+        ) from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path!r} as {fmt}: {str(exc).splitlines()[0]}") from exc
+        raise DataError(f"cannot read {path!r} as {fmt}: {_first_line(exc)}") from exc
     return _table_dataset(frame, data_cfg, {"name": "table", "path": path, "format": fmt})
 
 
@@ -190,6 +234,11 @@ def _table_dataset(frame: Any, data_cfg: DictConfig, source: dict[str, Any]) -> 
         raise DataError(
             f"target column {target!r} not found; columns are: {', '.join(map(str, frame.columns))} "
             "(set data.target=COLUMN)"
+        )
+    if len(frame) == 0:
+        raise DataError(
+            f"the table has no rows, only the columns {', '.join(map(str, frame.columns))}: "
+            "expected one row per example"
         )
     wanted = data_cfg.get("features")
     features = [str(c) for c in (wanted if wanted else frame.columns) if str(c) != target]
@@ -223,7 +272,7 @@ def read_huggingface(data_cfg: DictConfig) -> Dataset:
     """Rows from ``datasets.load_dataset`` (the Hub, a local folder or a file builder)."""
     import datasets
 
-    require(data_cfg, "name")
+    require(data_cfg, "name", "target")
     source = {
         "name": "huggingface",
         "dataset": str(data_cfg.name),
@@ -240,55 +289,109 @@ def read_huggingface(data_cfg: DictConfig) -> Dataset:
             split=source["split"],
             revision=data_cfg.get("revision"),
         )
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+    except (
+        FileNotFoundError,
+        ValueError,
+        ConnectionError,
+        datasets.exceptions.DatasetsError,
+    ) as exc:
         raise DataError(
-            f"cannot load Hugging Face dataset {data_cfg.name!r}: {str(exc).splitlines()[0]}"
+            f"cannot load Hugging Face dataset {data_cfg.name!r}: {_hf_error(exc)}"
         ) from exc
+    target = str(data_cfg.target)
+    if target not in loaded.column_names:
+        raise DataError(
+            f"target column {target!r} not in the dataset; columns are: "
+            f"{', '.join(loaded.column_names)} (set data.target=COLUMN)"
+        )
     image_column = data_cfg.get("image_column")
-    if not image_column:
-        return _table_dataset(loaded.to_pandas(), data_cfg, source)
-    return _hf_images(loaded, data_cfg, str(image_column), source)
+    if image_column:
+        return _hf_images(loaded, data_cfg, str(image_column), source)
+    wanted = data_cfg.get("features")
+    for column, feature in loaded.features.items():
+        if isinstance(feature, datasets.Image) and (not wanted or column in wanted):
+            raise DataError(
+                f"column {column!r} holds images: set data.image_column={column} for an image "
+                "dataset, or leave it out with data.features=[...]"
+            )
+    frame = loaded.to_pandas()
+    names = _class_names(loaded, target)
+    if names:  # a ClassLabel target: its names, not its integer codes, are the labels
+        frame[target] = [_label_name(names, v) for v in frame[target]]
+    return _table_dataset(frame, data_cfg, source)
+
+
+def _hf_error(exc: BaseException) -> str:
+    """The first line of a ``datasets`` error, with its cause when the error itself is vague."""
+    detail = _first_line(exc)
+    cause = exc.__cause__
+    if cause is not None:
+        detail = f"{detail} ({type(cause).__name__}: {_first_line(cause)})"
+    return detail
+
+
+def _class_names(loaded: Any, column: str) -> list[str]:
+    return [str(n) for n in (getattr(loaded.features[column], "names", None) or [])]
+
+
+def _label_name(names: list[str], code: Any) -> str | None:
+    """A ClassLabel code as its name; -1 or a missing value means the row has no label."""
+    if code is None or code != code or int(code) < 0:  # code != code: NaN
+        return None
+    return names[int(code)]
 
 
 def _hf_images(
     loaded: Any, data_cfg: DictConfig, image_column: str, source: dict[str, Any]
 ) -> Dataset:
-    import io
+    """Decode the image column ourselves (not through ``datasets``) so that a corrupt or
+    missing file is skipped and reported like in an image folder instead of failing."""
+    import datasets
 
     target = str(data_cfg.target)
-    for column in (image_column, target):
-        if column not in loaded.column_names:
-            raise DataError(
-                f"column {column!r} not in the dataset; columns are: {', '.join(loaded.column_names)}"
-            )
+    if image_column not in loaded.column_names:
+        raise DataError(
+            f"image column {image_column!r} not in the dataset; columns are: "
+            f"{', '.join(loaded.column_names)} (set data.image_column=COLUMN)"
+        )
     height, width = _image_size(data_cfg)
     mode = _mode(data_cfg)
-    feature = loaded.features[target]
-    names = list(getattr(feature, "names", []) or [])
+    names = _class_names(loaded, target)
+    feature = loaded.features[image_column]
+    holds_images = isinstance(feature, datasets.Image) or (
+        isinstance(feature, datasets.Value) and feature.dtype in IMAGE_VALUE_TYPES
+    )
+    if not holds_images:
+        raise DataError(
+            f"column {image_column!r} does not hold images or image file paths "
+            f"(it holds {feature}): set data.image_column=COLUMN"
+        )
+    # Undecoded: {"bytes": ..., "path": ...} per row (file paths become the same).
+    raw = loaded.cast_column(image_column, datasets.Image(decode=False))
     images: list[np.ndarray] = []
     raw_target: list[Any] = []
     skipped: list[dict[str, str]] = []
-    for row_index, row in track(
-        enumerate(loaded), total=len(loaded), description="Decoding images"
-    ):
-        image = row[image_column]
+    for row_index, row in track(enumerate(raw), total=len(raw), description="Decoding images"):
+        value, label = row[image_column], row[target]
         try:
-            if hasattr(image, "save"):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                blob = buffer.getvalue()
-            else:
-                blob = image["bytes"] if isinstance(image, dict) else bytes(image)
-            images.append(_decode_image(blob, mode, (width, height)))
-            raw_target.append(names[row[target]] if names else row[target])
-        except (ValueError, TypeError, KeyError) as exc:
-            skipped.append({"file": f"row {row_index}", "reason": str(exc)})
+            images.append(_decode_image(_hf_image_bytes(value), mode, (width, height)))
+        except (ValueError, OSError) as exc:
+            where = value.get("path") if isinstance(value, dict) else None
+            skipped.append({"file": where or f"row {row_index}", "reason": _first_line(exc)})
+            continue
+        raw_target.append(_label_name(names, label) if names else label)
+    if not images:
+        summary = _skipped_summary(skipped, len(raw), "rows")
+        raise DataError(
+            f"Hugging Face dataset {data_cfg.name!r} has no readable images in column "
+            f"{image_column!r}: {summary}"
+        )
     encoded, kind, labels = encode_target(raw_target, target, "classes")
+    if skipped:
+        _warn_skipped(skipped, len(raw), "rows")
     return Dataset(
         kind=DataKind.IMAGE,
-        features=np.stack(images)
-        if images
-        else np.zeros((0, height, width, 1 if mode == "L" else 3), np.uint8),
+        features=np.stack(images),
         target=encoded,
         target_name=target,
         output_kind=kind,
@@ -296,6 +399,21 @@ def _hf_images(
         source=source,
         skipped=skipped,
     )
+
+
+def _hf_image_bytes(value: Any) -> bytes:
+    """The encoded bytes of one undecoded ``datasets.Image`` value (embedded or a file)."""
+    import fsspec
+
+    if value is None:
+        raise ValueError("no image in this row")
+    if value.get("bytes") is not None:
+        return bytes(value["bytes"])
+    if not value.get("path"):
+        raise ValueError("no image bytes and no file path in this row")
+    with fsspec.open(value["path"], "rb") as handle:
+        blob: bytes = handle.read()
+    return blob
 
 
 def _plain(value: Any) -> Any:

@@ -47,8 +47,11 @@ def rebuild_model(
     run_cfg: DictConfig, half: TrainingHalf, schema: dict[str, Any], train: Split
 ) -> nn.Module:
     """The architecture of a finished run, without fetching pretrained weights again."""
-    model_cfg = OmegaConf.merge(run_cfg.model, {"pretrained": False, "checkpoint": None})
+    model_cfg = OmegaConf.create(OmegaConf.to_container(run_cfg.model, resolve=True))
     assert isinstance(model_cfg, DictConfig)
+    for key, value in (("pretrained", False), ("checkpoint", None)):
+        if key in model_cfg:
+            model_cfg[key] = value
     return half.build_model(model_cfg, schema, train)
 
 
