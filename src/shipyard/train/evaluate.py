@@ -19,6 +19,9 @@ from shipyard.train.metrics import scalars, score
 from shipyard.train.plots import confusion_matrix_png
 
 BATCH = 512
+# Re-scored metrics must not land in the per-epoch series (val_loss, train_loss) that
+# training logs, so the val and train splits get their own names.
+METRIC_PREFIX = {"test": "test", "val": "best_val", "train": "best_train"}
 
 
 @torch.no_grad()
@@ -85,7 +88,7 @@ def evaluate_run(cfg: DictConfig, run_id: str, split: str = "test") -> EvaluateR
     model = rebuild_model(run_cfg, half, schema, snapshot.load("train"))
     load_weights(model, tracking.download(cfg, run_id, tracking.ARTIFACT_CHECKPOINT))
     metrics = evaluate_model(model, half, snapshot.load(split), schema)
-    flat = scalars(metrics, split)
+    flat = scalars(metrics, METRIC_PREFIX[split])
     tracking.log_metrics(cfg, run_id, flat)
     matrix = metrics.get("confusion_matrix")
     if matrix is not None:

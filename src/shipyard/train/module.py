@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from shipyard.tasks.base import OutputKind
 from shipyard.train.metrics import loss_fn, score
@@ -61,9 +63,33 @@ class ShipyardModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self._epochs())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
         }
+
+    def on_train_start(self) -> None:
+        """Stretch the cosine schedule when a resumed training runs to a new max_epochs.
+
+        Resuming restores the schedule of the interrupted training, whose length was the old
+        max_epochs: extended, the learning rate would sit at zero, then climb back up. Here
+        (after the restore) it continues on a cosine over the new length instead.
+        """
+        epochs = self._epochs()
+        for config in self.trainer.lr_scheduler_configs:
+            schedule = config.scheduler
+            if not isinstance(schedule, CosineAnnealingLR) or schedule.T_max == epochs:
+                continue
+            schedule.T_max = epochs
+            progress = (1 + math.cos(math.pi * min(schedule.last_epoch, epochs) / epochs)) / 2
+            rates = [
+                schedule.eta_min + (base - schedule.eta_min) * progress
+                for base in schedule.base_lrs
+            ]
+            for group, rate in zip(schedule.optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate
+            schedule._last_lr = rates
+
+    def _epochs(self) -> int:
+        return max(int(self.trainer.max_epochs or 1), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from shipyard.config import fingerprint, to_container, to_yaml
 from shipyard.console import err_console, quiet_libraries
@@ -21,6 +22,19 @@ from shipyard.track import tracking
 from shipyard.track.lineage import git_commit
 
 RUN_ID_FILE = "run_id"
+
+# Config keys left out of the checkpoint folder's key. resume=true continues an interrupted
+# training: the same snapshot, data, model, optimiser and batches, so the same folder. A
+# user resumes a run that stopped (a crash, a pre-empted machine, a run that turned out to
+# be too short), often with more epochs, so ``resume`` and ``trainer.max_epochs`` must not
+# move the folder; the cosine schedule is stretched to the new length on resume (see
+# ShipyardModule.on_train_start). Every other key stays in: a changed model, data,
+# learning rate, batch size or tracking store would not be the same training (or not the
+# same run), and resuming it from these weights would record a run that no config
+# describes — resume=true then starts fresh, with a warning.
+# `snapshot` too: the folder name already carries the snapshot id, and `pipeline` passes
+# snapshot=ID where a plain `train` leaves it null — the same training either way.
+RESUME_INVARIANT_KEYS = ("resume", "trainer.max_epochs", "snapshot")
 
 
 @dataclass
@@ -120,7 +134,7 @@ def train(cfg: DictConfig) -> TrainResult:
     )
 
     config_id = fingerprint(cfg, exclude=("resume",))
-    workdir = Path(str(cfg.paths.checkpoints)) / f"{snapshot.id}-{config_id}"
+    workdir = Path(str(cfg.paths.checkpoints)) / f"{snapshot.id}-{checkpoint_key(cfg)}"
     resume_from, run_id = _resume_point(workdir, bool(cfg.resume))
     tracking.experiment_id(cfg)  # creates the experiment with Shipyard's artifact location
     logger = MLFlowLogger(
@@ -137,19 +151,23 @@ def train(cfg: DictConfig) -> TrainResult:
     run_id = str(logger.run_id)
     _run_id_file(workdir).parent.mkdir(parents=True, exist_ok=True)
     _run_id_file(workdir).write_text(run_id)
-    trainer.fit(
-        module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None
-    )
-
-    best = Path(checkpoint.best_model_path or workdir / "last.ckpt")
-    load_weights(model, best)
-    test = evaluate_model(model, half, splits["test"], schema)
-    val = evaluate_model(model, half, splits["val"], schema)
-    metrics = scalars(test, "test") | scalars(val, "best_val")
-    _record(cfg, run_id, metrics, best, snapshot, test.get("confusion_matrix"), labels)
-    for extra in loggers[1:]:
-        extra.log_metrics(metrics)
-        extra.finalize("success")
+    try:
+        trainer.fit(
+            module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None
+        )
+        best = Path(checkpoint.best_model_path or workdir / "last.ckpt")
+        load_weights(model, best)
+        test = evaluate_model(model, half, splits["test"], schema)
+        val = evaluate_model(model, half, splits["val"], schema)
+        metrics = scalars(test, "test") | scalars(val, "best_val")
+        _record(cfg, run_id, metrics, best, snapshot, test.get("confusion_matrix"), labels)
+        for extra in loggers[1:]:
+            extra.log_metrics(metrics)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the training's error is the one to report
+            _close_extra_loggers(loggers[1:], success=False)
+        raise
+    _close_extra_loggers(loggers[1:], success=True)
     return TrainResult(
         run_id=run_id,
         snapshot_id=snapshot.id,
@@ -161,6 +179,19 @@ def train(cfg: DictConfig) -> TrainResult:
         tracking_uri=tracking.tracking_uri(cfg),
         confusion_matrix=test.get("confusion_matrix"),
     )
+
+
+def checkpoint_key(cfg: DictConfig) -> str:
+    """The fingerprint that names a training's checkpoint folder: the config less RESUME_INVARIANT_KEYS."""
+    data = to_container(cfg)
+    for dotted in RESUME_INVARIANT_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return fingerprint(OmegaConf.create(data))
 
 
 def _resume_point(workdir: Path, resume: bool) -> tuple[Path | None, str | None]:
@@ -213,6 +244,16 @@ def _extra_loggers(cfg: DictConfig) -> list[Any]:
             config=to_container(cfg),
         )
     ]
+
+
+def _close_extra_loggers(loggers: list[Any], *, success: bool) -> None:
+    """Finalize the extra loggers and end their runs (W&B keeps a process-wide run open
+    otherwise, and the next training in the same process would log into it)."""
+    for extra in loggers:
+        extra.finalize("success" if success else "failed")
+        finish = getattr(getattr(extra, "experiment", None), "finish", None)
+        if callable(finish):
+            finish(exit_code=0 if success else 1)
 
 
 def _record(

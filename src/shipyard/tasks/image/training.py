@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,6 +14,9 @@ from torch import Tensor, nn
 from shipyard.errors import ConfigError
 from shipyard.tasks.base import Split
 from shipyard.tasks.layers import ImagePreprocess, TaskModel
+
+# How timm reports model weights that a pretrained file did not provide.
+MISSING_KEYS = "Missing keys ("
 
 
 class ImageTraining:
@@ -72,17 +78,24 @@ def small_cnn(
 
 def timm_encoder(model_cfg: DictConfig, channels: int) -> tuple[nn.Module, int]:
     """A timm backbone without its classifier: pretrained from a local file, the Hub, or scratch."""
+    import difflib
+
     import timm
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors import SafetensorError
 
     arch = str(model_cfg.arch)
-    if arch not in timm.list_models() and not timm.is_model(arch):
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "e.g. resnet18, resnet50, vit_tiny_patch16_224"
+        )
         raise ConfigError(
-            f"unknown timm model {arch!r}: see timm.list_models(), e.g. resnet18, resnet50, vit_tiny_patch16_224"
+            f"unknown timm model {arch!r} (model.arch): {hint} (timm.list_models() lists them all)"
         )
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": channels}
-    size = model_cfg.get("input_size")
-    if size is not None and "vit" in arch:
-        kwargs["img_size"] = tuple(int(v) for v in size)
     checkpoint = model_cfg.get("checkpoint")
     if checkpoint:
         from pathlib import Path
@@ -95,16 +108,90 @@ def timm_encoder(model_cfg: DictConfig, channels: int) -> tuple[nn.Module, int]:
     else:
         kwargs["pretrained"] = bool(model_cfg.pretrained)
     try:
-        encoder = timm.create_model(arch, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if kwargs.get("pretrained") and not checkpoint:
+        with _missing_weights() as missing:
+            encoder = _create_timm(arch, kwargs, _input_size(model_cfg.get("input_size")))
+    except (OSError, RuntimeError, ValueError, EntryNotFoundError, SafetensorError) as exc:
+        reason = _reason(exc)
+        if checkpoint:
             raise ConfigError(
-                f"cannot fetch pretrained weights for {arch!r} ({str(exc).splitlines()[0][:120]}): "
+                f"cannot load model.checkpoint {str(checkpoint)!r} into timm model {arch!r} ({reason}): "
+                "give weights saved from that architecture (.safetensors, .pth or .bin)"
+            ) from exc
+        if kwargs["pretrained"]:
+            raise ConfigError(
+                f"cannot fetch pretrained weights for {arch!r} ({reason}): "
                 "give a local file with model.checkpoint=PATH, or train from scratch with model.pretrained=false"
             ) from exc
-        raise ConfigError(f"cannot build timm model {arch!r}: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"cannot build timm model {arch!r}: {reason}") from exc
+    if checkpoint and missing:
+        total = len(encoder.state_dict())
+        raise ConfigError(
+            f"model.checkpoint {str(checkpoint)!r} does not fit timm model {arch!r}: {len(missing)} of "
+            f"{total} weights are not in the file (e.g. {missing[0]}); give weights saved from {arch}"
+        )
     width: int = encoder.num_features  # type: ignore[assignment]
     return encoder, int(width)
+
+
+@contextmanager
+def _missing_weights() -> Iterator[list[str]]:
+    """The model weights that timm's pretrained loading found no value for.
+
+    Once it has dropped the classifier, timm loads a weights file non-strictly and only logs
+    (at INFO) what the file lacked: a file of another architecture, or with prefixed keys,
+    would leave the backbone randomly initialised without a word.
+    """
+    logger = logging.getLogger("timm.models._builder")
+    missing: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if text.startswith(MISSING_KEYS):
+                names = text.removeprefix(MISSING_KEYS).partition(") discovered")[0]
+                missing.extend(name for name in names.split(", ") if name)
+
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield missing
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """An exception as a short phrase for a one-line error: its first line (and the detail
+    line after a heading such as "Error(s) in loading state_dict for ResNet:"), cut at a word."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(" ,.;:") + "..."
+    return text
+
+
+def _create_timm(arch: str, kwargs: dict[str, Any], size: tuple[int, int] | None) -> nn.Module:
+    """``timm.create_model``, built for ``size`` when the architecture takes an image size.
+
+    Transformers (ViT, DeiT, Swin, ...) fix their patch grid at construction, so they must be
+    told the input size (their pretrained position embeddings are resampled to it);
+    convolutional networks take any size and refuse the argument.
+    """
+    import timm
+
+    if size is not None:
+        try:
+            model: nn.Module = timm.create_model(arch, img_size=size, **kwargs)
+            return model
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+    model = timm.create_model(arch, **kwargs)
+    return model
 
 
 TRAINING = ImageTraining()

@@ -26,7 +26,9 @@ class TabularTraining:
         if model_cfg.family != "mlp":
             raise ConfigError(f"model family {model_cfg.family!r} does not fit the tabular task")
         features, target = self.to_tensors(train, schema)
-        mean = torch.nanmean(features, dim=0)
+        # A column with no value in the training split has no mean: 0, so that it stays
+        # a constant input instead of turning every output (and metric) into NaN.
+        mean = torch.nan_to_num(torch.nanmean(features, dim=0), nan=0.0)
         filled = torch.where(torch.isnan(features), mean.expand_as(features), features)
         preprocess = Standardize(mean, filled.std(dim=0, unbiased=False))
         layers: list[nn.Module] = []
