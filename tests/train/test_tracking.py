@@ -102,13 +102,17 @@ def test_evaluate_records_metrics_and_the_confusion_matrix_on_the_run(
     evaluated = evaluate_run(cfg, result.run_id, split="val")
 
     assert evaluated.split == "val"
-    assert evaluated.metrics["best_val_accuracy"] == pytest.approx(result.metrics["best_val_accuracy"])
+    assert evaluated.metrics["best_val_accuracy"] == pytest.approx(
+        result.metrics["best_val_accuracy"]
+    )
     matrix = evaluated.confusion_matrix
     assert matrix is not None
     assert len(matrix) == 3
     assert all(len(row) == 3 for row in matrix)
     run = tracking.get_run(cfg, result.run_id)
-    assert run.data.metrics["best_val_accuracy"] == pytest.approx(evaluated.metrics["best_val_accuracy"])
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(
+        evaluated.metrics["best_val_accuracy"]
+    )
     assert "best_val_macro_f1" in run.data.metrics
     artifacts = {a.path for a in tracking.client(cfg).list_artifacts(result.run_id)}
     assert "confusion_matrix_val.png" in artifacts
