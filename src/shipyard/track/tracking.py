@@ -67,6 +67,10 @@ def experiment_id(cfg: DictConfig) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
+    remote = tracking_uri(cfg).startswith(("http://", "https://", "databricks"))
+    if remote and not cfg.tracking.get("artifacts"):
+        # A tracking server owns its artifact store; a path on this machine would be wrong there.
+        return str(mlflow_client.create_experiment(name))
     return str(mlflow_client.create_experiment(name, artifact_location=artifact_location(cfg)))
 
 
