@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import DictConfig
 
@@ -62,3 +64,17 @@ def cli(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return run_cli(*args, home=home)
 
     return _cli
+
+
+@pytest.fixture
+def regression_csv(tmp_path: Path) -> Path:
+    """A CSV where y = 3*x1 - 2*x2 + noise (200 rows), with a few missing feature values."""
+    rng = np.random.default_rng(0)
+    rows = 200
+    x1, x2 = rng.normal(5.0, 2.0, rows), rng.normal(-1.0, 0.5, rows)
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "y": 3 * x1 - 2 * x2 + rng.normal(0, 0.1, rows)})
+    frame.loc[[3, 50, 120], "x1"] = np.nan
+    frame.loc[[7, 90], "x2"] = np.nan
+    path = tmp_path / "regression.csv"
+    frame.to_csv(path, index=False)
+    return path

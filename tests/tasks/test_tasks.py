@@ -22,17 +22,6 @@ from shipyard.tasks.layers import ImagePreprocess, Standardize, TaskModel
 Compose = Callable[..., DictConfig]
 
 
-def write_regression_csv(path: Path, rows: int = 200, seed: int = 0) -> Path:
-    """y = 3*x1 - 2*x2 + noise, with a few missing feature values."""
-    rng = np.random.default_rng(seed)
-    x1, x2 = rng.normal(5.0, 2.0, rows), rng.normal(-1.0, 0.5, rows)
-    frame = pd.DataFrame({"x1": x1, "x2": x2, "y": 3 * x1 - 2 * x2 + rng.normal(0, 0.1, rows)})
-    frame.loc[[3, 50, 120], "x1"] = np.nan
-    frame.loc[[7, 90], "x2"] = np.nan
-    frame.to_csv(path, index=False)
-    return path
-
-
 def snapshot_of(compose: Compose, *overrides: str) -> tuple[DictConfig, Snapshot]:
     cfg = compose(*overrides)
     return cfg, prepare(cfg).snapshot
@@ -57,9 +46,9 @@ def test_unknown_task_is_a_one_line_config_error() -> None:
 
 
 def test_standardize_holds_the_train_split_statistics_only(
-    compose: Compose, tmp_path: Path
+    compose: Compose, regression_csv: Path
 ) -> None:
-    csv = write_regression_csv(tmp_path / "reg.csv")
+    csv = regression_csv
     cfg, snapshot = snapshot_of(
         compose,
         "task=tabular",
@@ -84,9 +73,9 @@ def test_standardize_holds_the_train_split_statistics_only(
 
 
 def test_tabular_model_turns_missing_values_into_the_training_mean(
-    compose: Compose, tmp_path: Path
+    compose: Compose, regression_csv: Path
 ) -> None:
-    csv = write_regression_csv(tmp_path / "reg.csv")
+    csv = regression_csv
     cfg, snapshot = snapshot_of(
         compose,
         "task=tabular",

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -30,17 +29,6 @@ TINY = (
     "trainer.limit_train_batches=2",
     "trainer.early_stopping_patience=null",
 )
-
-
-def write_regression_csv(path: Path, rows: int = 200, seed: int = 0) -> Path:
-    """y = 3*x1 - 2*x2 + noise, with a few missing feature values."""
-    rng = np.random.default_rng(seed)
-    x1, x2 = rng.normal(5.0, 2.0, rows), rng.normal(-1.0, 0.5, rows)
-    frame = pd.DataFrame({"x1": x1, "x2": x2, "y": 3 * x1 - 2 * x2 + rng.normal(0, 0.1, rows)})
-    frame.loc[[3, 50, 120], "x1"] = np.nan
-    frame.loc[[7, 90], "x2"] = np.nan
-    frame.to_csv(path, index=False)
-    return path
 
 
 # -- timm backbone from a local weights file -------------------------------------------------
@@ -123,8 +111,10 @@ def test_vit_tiny_trains_at_a_small_input_size(compose: Compose) -> None:
 # -- tabular regression ------------------------------------------------------------------------
 
 
-def test_tabular_regression_on_a_csv_with_missing_values(compose: Compose, tmp_path: Path) -> None:
-    csv = write_regression_csv(tmp_path / "linear.csv")
+def test_tabular_regression_on_a_csv_with_missing_values(
+    compose: Compose, regression_csv: Path
+) -> None:
+    csv = regression_csv
     cfg = compose(
         "task=tabular",
         "data=csv",
