@@ -278,14 +278,90 @@ def evaluate(
 
 
 @app.command()
-def pipeline(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
-    """Run every stage that exists: data -> train -> evaluate, with a table per stage."""
+def export(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Export a tracked run as a model package: ONNX (fp32, and int8 with `quantize=int8`),
+    parity with PyTorch over the whole test split, test metrics and latency per graph,
+    lineage and an HTML report, in `paths.packages/RUN_ID` and on the run as `package/`.
+
+    The run is `run=RUN_ID`, or else the newest finished run of `task`.
+    Examples: `shipyard export` · `shipyard export run=RUN_ID` ·
+    `shipyard export task=tabular quantize=null` · `shipyard export export.latency.threads=2 --json`
+    """
+    from shipyard.export.build import export_run
+
+    cfg = _compose(overrides)
+    with _working(as_json):
+        result = export_run(cfg)
+    _emit(result.summary(), as_json, _print_export)
+
+
+def _print_export(result: dict[str, Any]) -> None:
+    graphs = result["graphs"]
+    metric = result["primary_metric"]
+    threads = graphs[0]["threads"]
+    table = Table(
+        title=f"{' vs '.join(g['precision'] for g in graphs)} "
+        f"(ONNX Runtime, {threads} thread{'s' if threads != 1 else ''})",
+        title_justify="left",
+    )
+    table.add_column("")
+    for graph in graphs:
+        method = result.get("quantization") if graph["precision"] == "int8" else None
+        table.add_column(graph["precision"] + (f" ({method})" if method else ""), justify="right")
+    table.add_row("file", *(g["file"] for g in graphs))
+    table.add_row("size (KB)", *(f"{g['bytes'] / 1024:.1f}" for g in graphs))
+    pytorch = result["metrics"].get(f"test_{metric}")
+    label = f"test {metric}" + (f" (PyTorch {pytorch:.4f})" if pytorch is not None else "")
+    table.add_row(label, *(_fmt(g["metrics"].get(metric, float("nan"))) for g in graphs))
+    for size in graphs[0]["latency"]:
+        table.add_row(
+            f"batch {size} p50 / p95 ms",
+            *(
+                f"{g['latency'][size]['p50_ms']:.3f} / {g['latency'][size]['p95_ms']:.3f}"
+                if size in g["latency"]
+                else "-"
+                for g in graphs
+            ),
+        )
+    out.print(table)
+    parity = result["parity"]
+    verdict = "[green]passed[/]" if parity["passed"] else "[red]failed[/]"
+    out.print(
+        f"Parity: max |PyTorch - ONNX| {parity['max_abs_diff']:.2e} over {parity['rows']} test "
+        f"rows (tolerance {parity['tolerance']:g}): {verdict}",
+        highlight=False,
+    )
+    out.print(f"Package: [bold]{result['package']}[/]", highlight=False)
+    if result.get("report"):
+        out.print(f"Report: [bold]{result['report']}[/]", highlight=False)
+
+
+@app.command()
+def pipeline(
+    overrides: Overrides = None,
+    until: Annotated[
+        str,
+        typer.Option(
+            help="Stop after this stage: data, train, evaluate, export, register or promote."
+        ),
+    ] = "promote",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run data -> train -> evaluate -> export -> register -> promote, reusing unchanged stages.
+
+    Every stage is cached by content: run it again with nothing changed and each stage says
+    `reused`. Examples: `shipyard pipeline task=image` · `shipyard pipeline task=tabular
+    trainer.max_epochs=30` · `shipyard pipeline --until export` · `shipyard pipeline
+    pipeline.cache=false` (run every stage again).
+    """
     from shipyard.pipeline import run_pipeline
 
     cfg = _compose(overrides)
     with _working(as_json):
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg, until)
     _emit(result, as_json, _print_pipeline)
+    if "refused" in result:  # the table above shows what ran and why the gate said no
+        raise UserError(result["refused"]["message"])
 
 
 def _print_pipeline(result: dict[str, Any]) -> None:
@@ -293,10 +369,28 @@ def _print_pipeline(result: dict[str, Any]) -> None:
     for column in ("stage", "result", "seconds"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for stage in result["stages"]:
-        table.add_row(stage["stage"], stage["result"], f"{stage['seconds']:.1f}")
+        result_text = stage["result"] + (" [dim](reused)[/]" if stage["reused"] else "")
+        table.add_row(stage["stage"], result_text, f"{stage['seconds']:.1f}")
     out.print(table)
-    out.print(_metrics_table("Test metrics", result["metrics"]))
-    _print_browse_hint(result["tracking_uri"])
+    if "metrics" in result:
+        out.print(_metrics_table("Test metrics", result["metrics"]))
+    champion = result.get("champion") or result.get("model")
+    if champion:
+        role = "champion" if "champion" in result else "registered (not promoted)"
+        out.print(
+            f"Model [bold]{champion['name']}[/] version [bold]{champion['version']}[/] ({role})",
+            highlight=False,
+        )
+    if "refused" in result:
+        from shipyard.cli_registry import print_gate_checks
+
+        print_gate_checks(result["refused"]["checks"])
+    if "parity_max_abs_diff" in result:
+        out.print(f"Parity (max |PyTorch - ONNX|): {result['parity_max_abs_diff']:.2e}")
+    if "report" in result:
+        out.print(f"Report: [bold]{result['report']}[/]", highlight=False)
+    if "tracking_uri" in result:
+        _print_browse_hint(result["tracking_uri"])
 
 
 def _print_browse_hint(uri: str) -> None:
@@ -337,3 +431,7 @@ def version(as_json: JsonFlag = False) -> None:
     from shipyard import __version__
 
     typer.echo(json.dumps({"version": __version__}) if as_json else __version__)
+
+
+# The registry commands (register, models, promote, rollback) live in their own module.
+from shipyard import cli_registry  # noqa: E402, F401

@@ -39,6 +39,14 @@ class OutputKind(StrEnum):
     TEXT = "text"  # generated text (summarisation)
 
 
+def primary_metric(kind: OutputKind) -> tuple[str, str]:
+    """The metric that ranks models of this kind, and whether higher is better ("max"/"min").
+
+    Torch-free: the promotion gate and the server compare models with it.
+    """
+    return ("accuracy", "max") if kind is OutputKind.CLASSES else ("mae", "min")
+
+
 class DataKind(StrEnum):
     """How a snapshot stores its features."""
 
@@ -66,6 +74,10 @@ class Task(ABC):
     model_families: ClassVar[tuple[str, ...]]
     #: output kinds this task supports (tabular: classes or number)
     output_kinds: ClassVar[tuple[OutputKind, ...]]
+    #: whether the exported graph has a second output, ``embedding`` (the penultimate
+    #: vector), for the drift monitor: images are compared through it, tables through
+    #: their own columns (the monitor features), so they do not need it
+    exports_embedding: ClassVar[bool] = False
 
     @abstractmethod
     def monitor_features(self, features: Any) -> pd.DataFrame:
@@ -73,6 +85,14 @@ class Task(ABC):
 
         Tables: the feature columns themselves. Images: pixel statistics (brightness,
         contrast, per-channel means). Embeddings join these at export time.
+        """
+
+    @abstractmethod
+    def model_input(self, features: Any, schema: dict[str, Any]) -> np.ndarray:
+        """Raw features (a snapshot split's, or a request's) as the graph's float32 input.
+
+        Torch-free, so that training (through ``TrainingHalf.to_tensors``), the promotion
+        gate and the server build the model input with the same code.
         """
 
     def training(self) -> TrainingHalf:

@@ -27,8 +27,14 @@ TAG_MODEL = "shipyard.model"
 TAG_COMMIT = "shipyard.git_commit"
 TAG_FINGERPRINT = "shipyard.config_fingerprint"
 TAG_OUTPUT_KIND = "shipyard.output_kind"
+# Set when a training finishes: the pipeline reuses a finished run with the same value.
+TAG_TRAINING = "shipyard.training_fingerprint"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_CHECKPOINT = "checkpoints/best.ckpt"
+# Set by `shipyard export`: the SHA-256 of the package's manifest.json, and what the
+# export is cached on (see shipyard.track.lineage.export_fingerprint).
+TAG_PACKAGE_SHA = "shipyard.package_sha256"
+TAG_EXPORT = "shipyard.export_fingerprint"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -132,3 +138,50 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def find_finished_run(cfg: DictConfig, tags: dict[str, str]) -> Any | None:
+    """The newest FINISHED run of the configured experiment carrying all ``tags``; None if none."""
+    mlflow_client = client(cfg)
+    experiment = mlflow_client.get_experiment_by_name(str(cfg.tracking.experiment))
+    if experiment is None:
+        return None
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=" and ".join([*conditions, "attributes.status = 'FINISHED'"]),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def latest_run(cfg: DictConfig, task: str, *, scan: int = 20) -> Any:
+    """The newest FINISHED run of ``task`` in the configured experiment that has a best
+    checkpoint (a run that crashed before saving one cannot be exported or re-scored).
+
+    Looks at the ``scan`` newest finished runs of the task; a one-line
+    :class:`NotFoundError` when none has a checkpoint.
+    """
+    mlflow_client = client(cfg)
+    name = str(cfg.tracking.experiment)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    runs = []
+    if experiment is not None:
+        runs = mlflow_client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_TASK}` = '{task}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=scan,
+        )
+    folder, _, file = ARTIFACT_CHECKPOINT.rpartition("/")
+    for run in runs:
+        listed = mlflow_client.list_artifacts(run.info.run_id, folder)
+        if any(
+            item.path == ARTIFACT_CHECKPOINT or item.path.endswith(f"/{file}") for item in listed
+        ):
+            return run
+    raise NotFoundError(
+        f"no finished {task} run with a checkpoint in experiment {name!r} ({tracking_uri(cfg)}): "
+        f"run `shipyard train task={task}` first, or pass run=RUN_ID"
+    )

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from shipyard.data.snapshot import SnapshotStore
+from shipyard.data.snapshot import Snapshot, SnapshotStore
 from shipyard.tasks import get_task
 from shipyard.tasks.base import OutputKind, Split, TrainingHalf
 from shipyard.track import tracking
@@ -75,8 +75,28 @@ class EvaluateResult:
         }
 
 
-def evaluate_run(cfg: DictConfig, run_id: str, split: str = "test") -> EvaluateResult:
-    """Re-score a tracked run's best checkpoint on its snapshot's split and record the metrics on the run."""
+@dataclass(frozen=True)
+class RunModel:
+    """A tracked run's trained model, rebuilt, with what it was trained on."""
+
+    run: Any  # mlflow.entities.Run
+    run_cfg: DictConfig  # the run's resolved config (its config.yaml artifact)
+    snapshot: Snapshot
+    half: TrainingHalf
+    model: nn.Module  # best checkpoint loaded, in eval mode
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = self.snapshot.manifest["schema"]
+        return schema
+
+
+def load_run_model(cfg: DictConfig, run_id: str) -> RunModel:
+    """Rebuild a run's model from its artifacts (config, best checkpoint) and its snapshot,
+    found through the run's tags, never a path on the machine that trained it.
+
+    ``evaluate`` and ``export`` both start here, so they score and export the same model.
+    """
     run = tracking.get_run(cfg, run_id)
     tags = run.data.tags
     run_cfg = OmegaConf.load(tracking.download(cfg, run_id, tracking.ARTIFACT_CONFIG))
@@ -87,7 +107,14 @@ def evaluate_run(cfg: DictConfig, run_id: str, split: str = "test") -> EvaluateR
     schema = snapshot.manifest["schema"]
     model = rebuild_model(run_cfg, half, schema, snapshot.load("train"))
     load_weights(model, tracking.download(cfg, run_id, tracking.ARTIFACT_CHECKPOINT))
-    metrics = evaluate_model(model, half, snapshot.load(split), schema)
+    return RunModel(run, run_cfg, snapshot, half, model.eval())
+
+
+def evaluate_run(cfg: DictConfig, run_id: str, split: str = "test") -> EvaluateResult:
+    """Re-score a tracked run's best checkpoint on its snapshot's split and record the metrics on the run."""
+    loaded = load_run_model(cfg, run_id)
+    snapshot = loaded.snapshot
+    metrics = evaluate_model(loaded.model, loaded.half, snapshot.load(split), loaded.schema)
     flat = scalars(metrics, METRIC_PREFIX[split])
     tracking.log_metrics(cfg, run_id, flat)
     matrix = metrics.get("confusion_matrix")

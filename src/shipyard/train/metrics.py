@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shipyard.tasks.base import OutputKind
+from shipyard.tasks.base import OutputKind, primary_metric
+
+__all__ = ["loss_fn", "primary_metric", "scalars", "score"]
 
 
 def loss_fn(kind: OutputKind, outputs: Tensor, target: Tensor, scale: float = 1.0) -> Tensor:
@@ -57,8 +59,3 @@ def score(
 def scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     """Only the scalar metrics, prefixed (``test_accuracy``), for trackers and tables."""
     return {f"{prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, float | int)}
-
-
-def primary_metric(kind: OutputKind) -> tuple[str, str]:
-    """The metric that ranks models of this kind, and whether higher is better ("max"/"min")."""
-    return ("accuracy", "max") if kind is OutputKind.CLASSES else ("mae", "min")

@@ -19,7 +19,7 @@ from shipyard.errors import ConfigError, DataError
 from shipyard.tasks import Task, get_task
 from shipyard.tasks.base import OutputKind
 from shipyard.track import tracking
-from shipyard.track.lineage import git_commit
+from shipyard.track.lineage import git_commit, training_fingerprint
 
 RUN_ID_FILE = "run_id"
 
@@ -269,6 +269,7 @@ def _record(
     from shipyard.train.plots import confusion_matrix_png
 
     tracking.log_metrics(cfg, run_id, metrics)
+    tracking.client(cfg).set_tag(run_id, tracking.TAG_TRAINING, training_fingerprint(cfg))
     tracking.log_text(cfg, run_id, to_yaml(cfg), tracking.ARTIFACT_CONFIG)
     tracking.log_json(cfg, run_id, snapshot.manifest, "snapshot_manifest.json")
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,11 @@ class ImageTask(Task):
     data_kind: ClassVar[DataKind] = DataKind.IMAGE
     model_families: ClassVar[tuple[str, ...]] = ("cnn", "timm")
     output_kinds: ClassVar[tuple[OutputKind, ...]] = (OutputKind.CLASSES,)
+    exports_embedding: ClassVar[bool] = True
+
+    def model_input(self, features: Any, schema: dict[str, Any]) -> np.ndarray:
+        """Pixels 0..255, NHWC, as float32: scaling and resizing happen inside the graph."""
+        return np.asarray(features, dtype=np.float32)
 
     def monitor_features(self, features: Any) -> Any:
         """Brightness, contrast, dark/bright share and (RGB) per-channel means per image.

@@ -21,7 +21,9 @@ MISSING_KEYS = "Missing keys ("
 
 class ImageTraining:
     def to_tensors(self, split: Split, schema: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        features = torch.as_tensor(split.features, dtype=torch.float32)
+        from shipyard.tasks.image import ImageTask
+
+        features = torch.from_numpy(ImageTask().model_input(split.features, schema))
         return features, torch.as_tensor(split.target, dtype=torch.long)
 
     def build_model(self, model_cfg: DictConfig, schema: dict[str, Any], train: Split) -> nn.Module:

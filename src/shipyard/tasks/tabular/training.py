@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -16,8 +15,9 @@ from shipyard.tasks.layers import Rescale, Standardize, TaskModel
 
 class TabularTraining:
     def to_tensors(self, split: Split, schema: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        columns = [c["name"] for c in schema["features"]["columns"]]
-        features = torch.as_tensor(split.features[columns].to_numpy(dtype=np.float32))
+        from shipyard.tasks.tabular import TabularTask
+
+        features = torch.from_numpy(TabularTask().model_input(split.features, schema))
         if schema["target"]["kind"] == "number":
             return features, torch.as_tensor(split.target, dtype=torch.float32)
         return features, torch.as_tensor(split.target, dtype=torch.long)
