@@ -120,6 +120,11 @@ def register(
         raise NotFoundError(
             f"run {run_id} has no model package: run `shipyard export run={run_id}` first"
         )
+    wanted = name or cfg.registry.get("model_name")
+    # Already registered (verified then): no download, which matters for large models.
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        if version.tags.get(TAG_PACKAGE) == expected and wanted in (None, version.name):
+            return versions.version_info(client, version, reused=True)
     source = f"{str(run.info.artifact_uri).rstrip('/')}/{ARTIFACT_PACKAGE}"
     staging = Path(tempfile.mkdtemp(prefix="shipyard-register-"))
     try:
@@ -133,7 +138,7 @@ def register(
         manifest = package.manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    model_name = check_name(name or cfg.registry.get("model_name") or derive_name(manifest))
+    model_name = check_name(wanted or derive_name(manifest))
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     for version in sorted(existing, key=lambda v: int(v.version), reverse=True):
         if version.tags.get(TAG_PACKAGE) == digest:
