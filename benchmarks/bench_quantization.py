@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/bench_quantization.py [--repeats 200] [--thread
 Trains digits (CNN) and wine (MLP) with their default configs, or reuses a finished run
 of the same config in the benchmark's home (``--home``, kept between runs), exports each
 with ``quantize=int8`` exactly as ``shipyard export`` does, and also quantises the same
-fp32 graph the *other* way (dynamic for the CNN, static for the MLP), so the table shows
+fp32 graph the *other* way (dynamic), so the table shows
 why export picks what it picks. Latency is one ``session.run`` on real test rows, p50
 over ``--repeats`` calls after a warm-up, the same code the package's latency comes from.
 """

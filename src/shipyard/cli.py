@@ -433,5 +433,6 @@ def version(as_json: JsonFlag = False) -> None:
     typer.echo(json.dumps({"version": __version__}) if as_json else __version__)
 
 
-# The registry commands (register, models, promote, rollback) live in their own module.
-from shipyard import cli_registry  # noqa: E402, F401
+# The registry commands (register, models, promote, rollback) and `serve` live in their own
+# modules.
+from shipyard import cli_registry, cli_serve  # noqa: E402, F401

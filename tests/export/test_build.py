@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig
 
@@ -74,7 +75,17 @@ def test_package_holds_both_graphs_with_parity_metrics_and_latency(
     assert fp32.metrics["loss"] == pytest.approx(manifest.metrics["test_loss"], abs=1e-4)
     margin = 0.05 if task == "image" else 0.15  # wine has 27 test rows: one row is 0.037
     assert int8.metrics["accuracy"] >= fp32.metrics["accuracy"] - margin
-    assert result.quantization == ("static" if task == "image" else "dynamic")
+    assert result.quantization == "static"
+    # A row's int8 answer must not depend on the rows batched with it (the server batches
+    # requests together): an outlier row beside it changes nothing.
+    rows = load_package(result.package.path).manifest.input.shape[1:]
+    from shipyard.export.scoring import onnx_session
+
+    session = onnx_session(result.package.graph_path("int8"))
+    row = np.full([1, *rows], 3.0, dtype=np.float32)
+    alone = session.run(None, {"features": row})[0]
+    beside = session.run(None, {"features": np.concatenate([row, row * 1e6])})[0][:1]
+    np.testing.assert_array_equal(alone, beside)
 
     assert manifest.input.name == "features"
     assert manifest.input.dtype == "float32"

@@ -1,23 +1,22 @@
 """int8 graphs with ONNX Runtime's quantisation tools.
 
-Which kind of quantisation a graph gets follows from what it computes, not from which
-task it is:
+Every graph gets **static** QDQ quantisation: activation ranges are calibrated on
+training rows, so the int8 graph is a fixed function of each row. Dynamic quantisation
+(activation ranges computed per call) was measured too and refused:
 
-* graphs with convolutions get **static** QDQ quantisation: activation ranges are
-  calibrated on training rows, so every convolution runs as an int8 kernel end to end;
-* graphs without (the tabular MLP) get **dynamic** quantisation: int8 weights, activation
-  ranges computed per call, no calibration data needed.
+* it makes a row's answer depend on the other rows in its batch: the range of a
+  DynamicQuantizeLinear covers the whole batch, so under the server's batcher one
+  request with large values changed the labels of the other requests batched with it
+  (found while testing the batcher; ``serve/runtime.py`` still detects such graphs and
+  runs their requests one by one);
+* digits CNN: it turns each Conv into ConvInteger, which has no fast CPU kernel: 3.4x
+  (batch 1) to 7.1x (batch 128) *slower* than fp32. Static QDQ runs as QLinearConv:
+  0.86x of fp32 at batch 128, 2.7x smaller;
+* wine MLP: static and dynamic are within a microsecond of each other (0.91x of fp32 at
+  batch 128), with the same test accuracy.
 
-Both were measured on both bundled models (``benchmarks/bench_quantization.py``; AMD
-EPYC, 1 ORT thread; ``docs/benchmarks.md``, "int8 vs fp32"). Test accuracy was the same
-for every variant (1.00); what decided was latency:
-
-* digits CNN: dynamic quantisation turns each Conv into ConvInteger, which has no fast
-  CPU kernel: 3.4x (batch 1) to 7.1x (batch 128) *slower* than fp32. Static QDQ runs as
-  QLinearConv: 0.86x of fp32 at batch 128, 2.7x smaller.
-* wine MLP: static and dynamic are within a microsecond of each other (0.90x of fp32 at
-  batch 128, 1.2-1.3x at batch 1, where fp32 takes 9 µs); dynamic needs no calibration
-  sample and keeps its loss closest to fp32's, so the MLP gets dynamic.
+Measured with ``benchmarks/bench_quantization.py`` (AMD EPYC, 1 ORT thread;
+``docs/benchmarks.md``, "int8 vs fp32").
 
 uint8 activations with int8 weights (U8S8) were faster than S8S8 on this x86 CPU, and
 per-channel weight scales cost ~1% here but protect accuracy on larger convolutional
@@ -46,7 +45,6 @@ QUANTIZE_CHOICES = ("int8",)
 Method = Literal["static", "dynamic"]
 METHODS: tuple[Method, ...] = ("static", "dynamic")
 #: ONNX ops whose presence makes a graph "convolutional"
-CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 # What static quantisation may turn into int8: the network's compute and the ops between
 # them that ORT fuses into int8 chains (QLinearConv -> MaxPool -> QLinearGlobalAveragePool).
 # Not the preprocessing (IsNaN/Where/Sub/Div/Transpose/Resize): one int8 scale over raw
@@ -76,16 +74,8 @@ def check_quantize(value: Any) -> str | None:
     raise ConfigError(f"unknown quantize {value!r}: choose one of {choices} (quantize=int8)")
 
 
-def default_method(fp32: Path) -> Method:
-    """Static for graphs with convolutions, dynamic otherwise (see the module docstring)."""
-    import onnx
-
-    ops = {node.op_type for node in onnx.load(str(fp32), load_external_data=False).graph.node}
-    return "static" if ops & CONV_OPS else "dynamic"
-
-
 def quantize_int8(
-    fp32: Path, out: Path, calibration: np.ndarray, method: Method | None = None
+    fp32: Path, out: Path, calibration: np.ndarray, method: Method = "static"
 ) -> Method:
     """Write the int8 version of the graph at ``fp32`` to ``out``; returns the method used.
 
@@ -96,7 +86,6 @@ def quantize_int8(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    method = method or default_method(fp32)
     if method not in METHODS:
         raise ConfigError(f"unknown quantisation method {method!r}: choose one of {METHODS}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
