@@ -38,7 +38,10 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 # The parts of Shipyard whose code decides what a stage produces. Editing the CLI or the
 # registry must not retrain a model; editing a task, the trainer or a data source must.
-TRAINING_CODE = ("tasks", "train", "data", "conf", "config.py")
+# The packaged YAML (conf/) is not here: what it sets reaches a stage through the
+# resolved config, which the fingerprints hash already, so a new `serve:` default does
+# not retrain anything.
+TRAINING_CODE = ("tasks", "train", "data", "config.py")
 EXPORT_CODE = (*TRAINING_CODE, "export")
 
 
