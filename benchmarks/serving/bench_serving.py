@@ -6,14 +6,16 @@ Needs `wrk` (Debian: apt-get install wrk), a closed-loop HTTP load generator wri
 Cases, per model:
   (a) raw in-process ONNX Runtime at its best batch size: the limit on these cores;
   (b) `shipyard serve` (adaptive batching);
+  (b2) the same with two worker processes (`--workers 2`);
   (c) `shipyard serve` with batching off (max_batch_size=1);
   (d) the reference pattern: FastAPI calling the eager PyTorch model per request
       (reference_app.py).
 Models: the digits CNN (1x8x8) and a compute-heavier CNN on 3x32x32 inputs (three conv
 blocks, trained for one epoch on generated 32x32 images: the weights do not change the
 cost). Every request carries one image, as a client of an image service sends it.
-Prints a table (requests/s, p50, p99, errors) with the ratios b/a and b/d, and writes
-JSON next to this file (results.json).
+The prediction log is on (SQLite) unless --no-prediction-log.
+Prints a table (requests/s, p50, p99, errors) with the ratios b/a and b/d (for b2 too), and
+writes JSON next to this file (results.json).
 """
 
 from __future__ import annotations
@@ -194,14 +196,27 @@ def to_ms(value: str) -> float:
 
 
 def serve_cases(
-    home: Path, model: dict[str, Any], body: str, levels: list[int], duration: int
+    home: Path,
+    model: dict[str, Any],
+    body: str,
+    levels: list[int],
+    duration: int,
+    prediction_log: bool = True,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     env = {**os.environ, "SHIPYARD_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    log = {"SHIPYARD_SERVE_PREDICTION_LOG": "true" if prediction_log else "false"}
     cases: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for label, batch in (("b) shipyard", "64"), ("c) shipyard, batching off", "1")):
+    serve = [sys.executable, "-m", "shipyard", "serve", "--package", model["package"]]
+    for label, batch, workers in (
+        ("b) shipyard", "64", "1"),
+        # The JSON parsing of a 3x32x32 body (~250 us of orjson + numpy per request) is
+        # CPU work under one GIL: a second worker process is the way to use a second core.
+        ("b2) shipyard, 2 workers", "64", "2"),
+        ("c) shipyard, batching off", "1", "1"),
+    ):
         cases[label] = (
-            [sys.executable, "-m", "shipyard", "serve", "--package", model["package"]],
-            {**env, "SHIPYARD_SERVE_MAX_BATCH_SIZE": batch},
+            [*serve, "--workers", workers],
+            {**env, **log, "SHIPYARD_SERVE_MAX_BATCH_SIZE": batch},
         )
     cases["d) FastAPI + eager PyTorch"] = (
         [sys.executable, str(HERE / "reference_app.py"), "--run", model["run"]],
@@ -225,6 +240,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--home", help="reuse this SHIPYARD_HOME (models are built once)")
+    parser.add_argument(
+        "--no-prediction-log",
+        action="store_true",
+        help="serve with serve.prediction_log=false (default: the log on, SQLite)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk (Debian/Ubuntu), brew install wrk")
@@ -234,13 +254,16 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
         "duration_s": args.duration,
+        "prediction_log": not args.no_prediction_log,
         "models": {},
     }
     for name, model in models.items():
         instance = sample_instance(model["package"])
         body = json.dumps({"instances": [instance.tolist()]})
         limit = raw_limit(model["package"], instance)
-        cases = serve_cases(home, model, body, args.concurrency, args.duration)
+        cases = serve_cases(
+            home, model, body, args.concurrency, args.duration, not args.no_prediction_log
+        )
         report["models"][name] = {"raw_limit": limit, "cases": cases}
         print_table(name, limit, cases)
     out = HERE / "results.json"
@@ -262,7 +285,7 @@ def print_table(
     for label, levels in cases.items():
         for clients, r in levels.items():
             ratios = ("", "")
-            if label.startswith("b)"):
+            if label.startswith(("b)", "b2)")):
                 ratios = (
                     f"{r['requests_per_s'] / limit['rows_per_s']:.2f}",
                     f"{r['requests_per_s'] / reference[clients]['requests_per_s']:.1f}x",

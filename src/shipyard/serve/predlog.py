@@ -460,6 +460,36 @@ class PredictionLog:
         """Queue one feedback label, like :meth:`record`."""
         self._submit(row)
 
+    def record_many(self, rows: Sequence[PredictionRow]) -> None:
+        """Queue several predictions at once, like :meth:`record` row by row, but taking the
+        queue's lock and waking the writer once: a ``put`` per row woke the writer thread
+        per row, and each wake-up is a GIL hand-off the event loop pays for. What does not
+        fit in the queue spills to the spool, as in :meth:`record`."""
+        rest: Sequence[_Row] = rows
+        try:
+            with self._submit_lock:
+                if not self._closed:
+                    q = self._queue
+                    with q.mutex:
+                        room = max(0, q.maxsize - len(q.queue)) if q.maxsize > 0 else len(rows)
+                        taken = rows[:room]
+                        if taken:
+                            q.queue.extend(taken)
+                            q.unfinished_tasks += len(taken)
+                            q.not_empty.notify()
+                    rest = rows[room:]
+        except Exception:  # never raise into the recorder
+            log.exception("prediction log: cannot queue %d rows", len(rows))
+        if not rest:
+            return
+        try:
+            ok = self._spool(rest, sync=False)
+        except Exception:
+            log.exception("prediction log: cannot spool %d rows", len(rest))
+            ok = False
+        if not ok:
+            self._count_dropped(len(rest))
+
     def _submit(self, row: _Row) -> None:
         try:
             with self._submit_lock:

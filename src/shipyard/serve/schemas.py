@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr
 
 DIGIT = [
     [0, 0, 80, 208, 160, 16, 0, 0],
@@ -155,7 +155,9 @@ class FeedbackRequest(_Model):
     """The true outcome of an earlier prediction, for live accuracy and retraining."""
 
     prediction_id: str = Field(min_length=1, max_length=128)
-    label: str | float = Field(
+    # strict: lax mode would take ``false``/``true`` as 0.0/1.0 (the label "0"/"1"), which
+    # the schema (string or number) does not allow; JSON integers are still numbers
+    label: StrictStr | StrictFloat = Field(
         description="The true class label (classes) or the true value (numbers)."
     )
 
