@@ -138,8 +138,7 @@ def _resolve(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from pathlib import Path
 
     from shipyard.export.package import load_package
-    from shipyard.serve.reload import package_name, package_version
-    from shipyard.serve.runtime import ServedModel
+    from shipyard.serve.reload import load_served, package_name, package_version
     from shipyard.serve.settings import load_settings
 
     ref, folder = values.get("model"), values.get("package")
@@ -162,14 +161,7 @@ def _resolve(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         version = package_version(package.path)
     settings = load_settings(**values)
     _check_prediction_log(settings)
-    ServedModel.load(  # the same checks a worker makes; its session is dropped
-        package,
-        name=name,
-        version=version,
-        precision=settings.precision,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-    )
+    load_served(package, name, version, settings)  # a worker's checks; the session is dropped
     summary = {
         "name": name,
         "version": version,

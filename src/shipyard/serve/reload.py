@@ -271,15 +271,7 @@ class ModelHolder:
         return name, package_version(package.path)  # a bare folder: its content is its version
 
     def _load(self, package: ModelPackage, name: str, version: str) -> ServedModel:
-        settings = self.settings
-        return ServedModel.load(
-            package,
-            name=name,
-            version=version,
-            precision=settings.precision,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-        )
+        return load_served(package, name, version, self.settings)
 
     def _swap(self, model: ServedModel) -> None:
         self._model = model  # one reference assignment: atomic for every reader
@@ -321,3 +313,18 @@ def package_name(manifest: Manifest) -> str:
 def package_version(folder: Path) -> str:
     """``pkg-`` + the manifest's SHA-256 prefix: changes exactly when the package does."""
     return f"pkg-{sha256_file(Path(folder) / MANIFEST)[:12]}"
+
+
+def load_served(
+    package: ModelPackage, name: str, version: str, settings: ServeSettings
+) -> ServedModel:
+    """Open ``package`` as the settings say (precision, ONNX Runtime threads), with its
+    smoke check: what a worker loads, and what ``shipyard serve`` checks before it starts."""
+    return ServedModel.load(
+        package,
+        name=name,
+        version=version,
+        precision=settings.precision,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+    )

@@ -326,17 +326,10 @@ def _resolve_run(cfg: DictConfig, run_id: str | None) -> Any:
     chosen = run_id or cfg.get("run")
     if chosen:
         return tracking.get_run(cfg, str(chosen))
-    client = tracking.client(cfg)
-    experiment = client.get_experiment_by_name(str(cfg.tracking.experiment))
     task = str(cfg.task.name)
-    runs = []
-    if experiment is not None:
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{TAG_PACKAGE}` LIKE '%' and tags.`{tracking.TAG_TASK}` = '{task}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+    runs = tracking.newest_runs(
+        cfg, [f"tags.`{TAG_PACKAGE}` LIKE '%'", f"tags.`{tracking.TAG_TASK}` = '{task}'"]
+    )
     if not runs:
         raise NotFoundError(
             f"no {task} run with a model package in experiment {cfg.tracking.experiment!r}: "

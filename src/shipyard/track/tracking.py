@@ -140,19 +140,26 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def find_finished_run(cfg: DictConfig, tags: dict[str, str]) -> Any | None:
-    """The newest FINISHED run of the configured experiment carrying all ``tags``; None if none."""
+def newest_runs(cfg: DictConfig, conditions: list[str], max_results: int = 1) -> list[Any]:
+    """Runs of the configured experiment matching every MLflow filter clause in
+    ``conditions``, newest first; empty when the experiment does not exist yet."""
     mlflow_client = client(cfg)
     experiment = mlflow_client.get_experiment_by_name(str(cfg.tracking.experiment))
     if experiment is None:
-        return None
-    conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
-    runs = mlflow_client.search_runs(
+        return []
+    runs: list[Any] = mlflow_client.search_runs(
         [experiment.experiment_id],
-        filter_string=" and ".join([*conditions, "attributes.status = 'FINISHED'"]),
+        filter_string=" and ".join(conditions),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=max_results,
     )
+    return runs
+
+
+def find_finished_run(cfg: DictConfig, tags: dict[str, str]) -> Any | None:
+    """The newest FINISHED run of the configured experiment carrying all ``tags``; None if none."""
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs = newest_runs(cfg, [*conditions, "attributes.status = 'FINISHED'"])
     return runs[0] if runs else None
 
 
@@ -165,15 +172,9 @@ def latest_run(cfg: DictConfig, task: str, *, scan: int = 20) -> Any:
     """
     mlflow_client = client(cfg)
     name = str(cfg.tracking.experiment)
-    experiment = mlflow_client.get_experiment_by_name(name)
-    runs = []
-    if experiment is not None:
-        runs = mlflow_client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{TAG_TASK}` = '{task}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=scan,
-        )
+    runs = newest_runs(
+        cfg, [f"tags.`{TAG_TASK}` = '{task}'", "attributes.status = 'FINISHED'"], scan
+    )
     folder, _, file = ARTIFACT_CHECKPOINT.rpartition("/")
     for run in runs:
         listed = mlflow_client.list_artifacts(run.info.run_id, folder)
