@@ -20,6 +20,7 @@ PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 .PHONY: setup run test test-slow test-full lint typecheck pytest lock clean
 
 setup: $(STAMP)
+	@bash scripts/system-deps.sh || echo "(system packages: see scripts/system-deps.sh)"
 
 # Rebuilt when the lock or the project metadata changes (stale), or when .venv is missing.
 $(STAMP): pyproject.toml constraints.txt
