@@ -36,11 +36,8 @@ import hmac
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,7 +57,6 @@ from shipyard.serve.inputs import (
     RequestError,
     check_count,
     decode_image,
-    image_digest,
     parse_json,
     predict_instances,
     tensor_array,
@@ -73,9 +69,8 @@ from shipyard.serve.settings import ADMIN_TOKEN_ENV, ServeSettings, load_setting
 
 if TYPE_CHECKING:
     from shipyard.serve.batcher import Batcher
-    from shipyard.serve.predlog import PredictionLog
+    from shipyard.serve.recorder import Recorder
     from shipyard.serve.runtime import ServedModel
-    from shipyard.tasks.base import Task
 
 log = logging.getLogger("shipyard.serve")
 
@@ -87,10 +82,6 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = "application/json"
 HEADER_NAME = "X-Model-Name"
 HEADER_VERSION = "X-Model-Version"
-#: rows the recorder thread turns into log rows in one go (one monitor_features call)
-RECORD_BATCH_ROWS = 2048
-#: how long the recorder thread lets answered requests gather before building their rows
-RECORD_GATHER_S = 0.05
 #: allocations between young-generation collections in a serving process (CPython: 700)
 GC_GEN0_THRESHOLD = 50_000
 
@@ -123,9 +114,7 @@ class Server:
             on_result=lambda result: self.metrics.reloads.labels(result).inc(),
         )
         self.layout: InputLayout | None = None
-        self.task: Task | None = None
         self.batcher: Batcher | None = None
-        self.predlog: PredictionLog | None = None
         self.recorder: Recorder | None = None
         self._periodic: asyncio.Task[None] | None = None
         self._label_children: dict[tuple[str, str], Any] = {}
@@ -155,18 +144,20 @@ class Server:
         )
         await self.batcher.start()
         if settings.prediction_log:
-            from shipyard.serve.predlog import PredictionLog, default_url
+            from shipyard.serve.predlog import default_url
+            from shipyard.serve.recorder import Recorder, WriterSettings
 
-            self.predlog = PredictionLog(
-                settings.prediction_log_url or default_url(settings.home_path),
-                settings.spool_path,
-                queue_size=settings.prediction_log_queue_size,
-                batch_size=settings.prediction_log_batch_size,
-                flush_interval_s=settings.prediction_log_flush_interval_s,
-                retry_interval_s=settings.prediction_log_retry_interval_s,
+            self.recorder = Recorder(
+                WriterSettings(
+                    url=settings.prediction_log_url or default_url(settings.home_path),
+                    spool=str(settings.spool_path),
+                    queue_size=settings.prediction_log_queue_size,
+                    batch_size=settings.prediction_log_batch_size,
+                    flush_interval_s=settings.prediction_log_flush_interval_s,
+                    retry_interval_s=settings.prediction_log_retry_interval_s,
+                )
             )
-            await asyncio.to_thread(self.predlog.start)
-            self.recorder = Recorder(self.predlog)
+            await asyncio.to_thread(self.recorder.start)
         self.holder.start_polling()
         self._periodic = asyncio.create_task(self._refresh_gauges(), name="shipyard-gauges")
         if self.tune_gc:
@@ -198,8 +189,6 @@ class Server:
             await self.batcher.stop()
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.close)
-        if self.predlog is not None:
-            await asyncio.to_thread(self.predlog.close)
         mark_dead()
         log.info("stopped (pid %d)", os.getpid())
 
@@ -207,10 +196,7 @@ class Server:
 
     def _on_swap(self, model: ServedModel) -> None:
         if self.layout is None:  # the input spec never changes on reload (refused if it would)
-            from shipyard.tasks import get_task
-
             self.layout = InputLayout.from_manifest(model.manifest)
-            self.task = get_task(model.manifest.task)
         self.metrics.set_model(model.name, model.version, model.precision)
 
     def _on_batch(self, rows: int, seconds: float) -> None:
@@ -227,8 +213,8 @@ class Server:
     def refresh_gauges(self) -> None:
         if self.batcher is not None:
             self.metrics.queue_rows.set(self.batcher.queue_rows)
-        if self.predlog is not None:
-            self.metrics.set_log_stats(self.predlog.stats())
+        if self.recorder is not None:
+            self.metrics.set_log_stats(self.recorder.stats())
 
     # -- predicting ----------------------------------------------------------------------------
 
@@ -276,7 +262,7 @@ class Server:
         outputs: dict[str, np.ndarray],
         started: float,
     ) -> None:
-        """Count the predictions and hand them to the recorder thread (a queue put)."""
+        """Count the predictions and hand them to the recorder (a queue put)."""
         manifest = model.manifest
         if manifest.output_kind == "classes" and manifest.labels:
             best = np.bincount(
@@ -286,18 +272,22 @@ class Server:
                 self._label_counter(model.name, manifest.labels[index]).inc(int(best[index]))
         else:
             self._label_counter(model.name, "value").inc(len(ids))
-        if self.recorder is not None and self.task is not None and self.layout is not None:
+        if self.recorder is not None and self.layout is not None:
+            from shipyard.serve.recorder import Answered
+
             self.recorder.put(
-                _Answered(
+                Answered(
                     ids=ids,
-                    model=model,
+                    model_name=model.name,
+                    model_version=model.version,
+                    task=manifest.task,
+                    labels=manifest.labels,
+                    columns=self.layout.columns if self.layout.kind == "table" else None,
                     features=features,
                     raw=raw,
                     outputs=outputs,
                     latency_ms=(time.perf_counter() - started) * 1000,
-                    created_at=datetime.now(UTC),
-                    task=self.task,
-                    layout=self.layout,
+                    created_at=time.time(),
                 )
             )
 
@@ -356,179 +346,6 @@ def predictions_body(
 
 def model_headers(model: ServedModel) -> dict[str, str]:
     return {HEADER_NAME: model.name, HEADER_VERSION: model.version}
-
-
-# -- the prediction-log recorder -----------------------------------------------------------------
-
-
-class _Answered:
-    """One answered request, waiting to become prediction-log rows."""
-
-    __slots__ = (
-        "created_at",
-        "features",
-        "ids",
-        "latency_ms",
-        "layout",
-        "model",
-        "outputs",
-        "raw",
-        "task",
-    )
-
-    def __init__(self, **fields: Any) -> None:
-        for key, value in fields.items():
-            setattr(self, key, value)
-
-    ids: list[str]
-    model: ServedModel
-    features: np.ndarray
-    raw: list[Any] | None
-    outputs: dict[str, np.ndarray]
-    latency_ms: float
-    created_at: datetime
-    task: Task
-    layout: InputLayout
-
-
-class Recorder:
-    """Builds :class:`PredictionRow` objects in one background thread.
-
-    The request path only puts the answered request on a queue; this thread computes
-    the task's monitor features (the same torch-free function that built the snapshot's
-    drift reference, so live traffic and reference are described alike), image digests and
-    embeddings, vectorised over everything that arrived since its last turn, and hands the
-    rows to the prediction log (whose own queue, batching and spool take it from there).
-    """
-
-    _STOP = object()
-
-    def __init__(self, predlog: PredictionLog) -> None:
-        self.predlog = predlog
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._warned = False
-        self._thread = threading.Thread(target=self._run, name="shipyard-recorder", daemon=True)
-        self._thread.start()
-
-    def put(self, item: _Answered) -> None:
-        self._queue.put(item)
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Write everything queued, then stop."""
-        self._queue.put(self._STOP)
-        self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._STOP:
-                return
-            # Let requests pile up for a moment (sleeping releases the GIL): woken per
-            # request, this thread paid the fixed cost of a monitor_features call (pandas)
-            # and a GIL hand-off per request, on the event loop's time.
-            time.sleep(RECORD_GATHER_S)
-            items = [item]
-            rows = len(item.ids)
-            stop = False
-            while rows < RECORD_BATCH_ROWS:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is self._STOP:
-                    stop = True
-                    break
-                items.append(more)
-                rows += len(more.ids)
-            try:
-                self._write(items)
-            except Exception:  # a bug here must not stop recording the next requests
-                log.exception("prediction log: could not build rows for %d requests", len(items))
-            if stop:
-                return
-
-    def _write(self, items: list[_Answered]) -> None:
-        from shipyard.serve.predlog import PredictionRow
-
-        monitor = self._monitor_features(items)
-        offset = 0
-        rows: list[PredictionRow] = []
-        for item in items:
-            manifest = item.model.manifest
-            probabilities = item.outputs.get("probabilities")
-            embedding = item.outputs.get("embedding")
-            values = item.outputs.get("value")
-            labels = manifest.labels or []
-            inputs = self._inputs(item)
-            n = len(item.ids)
-            # per request, not per row: one argmax and one tolist over the request's rows
-            outputs: list[dict[str, Any]]
-            probs: list[Any]
-            if probabilities is not None and labels:
-                probs = probabilities.tolist()
-                outputs = [{"label": labels[b]} for b in probabilities.argmax(axis=1).tolist()]
-            else:
-                probs = [None] * n
-                outputs = (
-                    [{"value": v} for v in values.reshape(n, -1)[:, 0].astype(float).tolist()]
-                    if values is not None
-                    else [{"value": None}] * n
-                )
-            embeddings = embedding.tolist() if embedding is not None else [None] * n
-            for row, prediction_id in enumerate(item.ids):
-                rows.append(
-                    PredictionRow(
-                        id=prediction_id,
-                        created_at=item.created_at,
-                        model_name=item.model.name,
-                        model_version=item.model.version,
-                        input=inputs[row],
-                        monitor_features=monitor[offset + row] if monitor else None,
-                        embedding=embeddings[row],
-                        output=outputs[row],
-                        probabilities=probs[row],
-                        latency_ms=item.latency_ms,
-                    )
-                )
-            offset += n
-        self.predlog.record_many(rows)
-
-    @staticmethod
-    def _inputs(item: _Answered) -> list[Any]:
-        """Tables raw (``{column: value}``, as sent); images as a digest {sha256, shape}."""
-        layout = item.layout
-        if layout.kind == "table":
-            columns = layout.columns
-            if item.raw is not None:
-                return [
-                    dict(zip(columns, value, strict=True)) if isinstance(value, list) else value
-                    for value in item.raw
-                ]
-            return [
-                {c: (None if math.isnan(v) else v) for c, v in zip(columns, row, strict=True)}
-                for row in item.features.astype(np.float64).tolist()
-            ]
-        return [image_digest(pixels) for pixels in item.features]
-
-    def _monitor_features(self, items: list[_Answered]) -> list[dict[str, float]] | None:
-        """One ``Task.monitor_features`` call over every row of ``items``."""
-        from shipyard.tasks.base import DataKind
-
-        task, layout = items[0].task, items[0].layout
-        features = np.concatenate([item.features for item in items])
-        try:
-            if task.data_kind is DataKind.TABLE:
-                import pandas as pd
-
-                frame = task.monitor_features(pd.DataFrame(features, columns=list(layout.columns)))
-            else:
-                frame = task.monitor_features(features)
-            return [{str(k): float(v) for k, v in r.items()} for r in frame.to_dict("records")]
-        except Exception as exc:  # pandas missing in a slim install, say: log the rest anyway
-            if not self._warned:
-                log.warning("prediction log: no monitor features (%s: %s)", type(exc).__name__, exc)
-                self._warned = True
-            return None
 
 
 # -- reading requests ------------------------------------------------------------------------------
@@ -1035,8 +852,6 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
     async def feedback(request: Request) -> Response:
         """The id is not checked against the log: feedback may arrive before its prediction
         has been written. Class labels must be one of the model's labels."""
-        from shipyard.serve.predlog import FeedbackRow
-
         item: schemas.FeedbackRequest = validate(
             schemas.FeedbackRequest, await read_json(request, settings)
         )
@@ -1056,16 +871,14 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
                 f"label {label!r} is text, but this model predicts numbers; send the true value",
                 kind="bad_label",
             )
-        if server.predlog is None:
+        if server.recorder is None:
             raise RequestError(
                 "the prediction log is off on this server (serve.prediction_log=false): "
                 "feedback cannot be stored",
                 kind="log_disabled",
                 status=409,
             )
-        server.predlog.feedback(
-            FeedbackRow(prediction_id=item.prediction_id, label=label, created_at=datetime.now(UTC))
-        )
+        server.recorder.feedback(item.prediction_id, label)
         return json_response({"accepted": True, "prediction_id": item.prediction_id}, 202)
 
     # -- metrics --------------------------------------------------------------------------------
