@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,18 +158,54 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def run_wrk(port: int, body: str, concurrency: int, duration: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Request:
+    """What wrk sends: a path, a body (bytes: JSON or the V2 binary extension) and headers."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def json_request(instance: np.ndarray) -> Request:
+    body = json.dumps({"instances": [instance.tolist()]}).encode()
+    return Request("/predict", body, {"Content-Type": "application/json"})
+
+
+def binary_request(instance: np.ndarray, model: str) -> Request:
+    """One uint8 image as the V2 binary data extension: JSON header + raw bytes."""
+    pixels = instance.astype(np.uint8)[None]
+    head = json.dumps(
+        {"inputs": [{"name": "features", "shape": list(pixels.shape), "datatype": "UINT8",
+                     "parameters": {"binary_data_size": pixels.nbytes}}],
+         "outputs": [{"name": "probabilities"}]}
+    ).encode()  # fmt: skip
+    return Request(
+        f"/v2/models/{model}/infer",
+        head + pixels.tobytes(),
+        {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        },
+    )
+
+
+def lua_string(data: bytes) -> str:
+    """Any bytes as a Lua string literal (decimal escapes: binary bodies survive)."""
+    return '"' + "".join(f"\\{b}" for b in data) + '"'
+
+
+def run_wrk(port: int, request: Request, concurrency: int, duration: int) -> dict[str, Any]:
     """wrk with a POST body; requests/s, p50 and p99 (ms), errors (non-2xx + socket errors)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
+        script.write('wrk.method = "POST"\n')
+        for name, value in request.headers.items():
+            script.write(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n")
+        script.write(f"wrk.body = {lua_string(request.body)}\n")
     threads = min(2, concurrency)
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--latency",
-         "-s", script.name, f"http://127.0.0.1:{port}/predict"],
+         "-s", script.name, f"http://127.0.0.1:{port}{request.path}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     Path(script.name).unlink()
@@ -198,38 +235,41 @@ def to_ms(value: str) -> float:
 def serve_cases(
     home: Path,
     model: dict[str, Any],
-    body: str,
+    requests: dict[str, Request],
     levels: list[int],
     duration: int,
     prediction_log: bool = True,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     env = {**os.environ, "SHIPYARD_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     log = {"SHIPYARD_SERVE_PREDICTION_LOG": "true" if prediction_log else "false"}
-    cases: dict[str, tuple[list[str], dict[str, str]]] = {}
+    cases: dict[str, tuple[list[str], dict[str, str], Request]] = {}
     serve = [sys.executable, "-m", "shipyard", "serve", "--package", model["package"]]
-    for label, batch, workers in (
-        ("b) shipyard", "64", "1"),
-        # The JSON parsing of a 3x32x32 body (~250 us of orjson + numpy per request) is
-        # CPU work under one GIL: a second worker process is the way to use a second core.
-        ("b2) shipyard, 2 workers", "64", "2"),
-        ("c) shipyard, batching off", "1", "1"),
+    for label, batch, workers, request in (
+        ("b) shipyard", "64", "1", requests["json"]),
+        # A second worker process is the way to use a second core for HTTP and parsing.
+        ("b2) shipyard, 2 workers", "64", "2", requests["json"]),
+        ("b3) shipyard, V2 binary", "64", "1", requests["binary"]),
+        ("b4) shipyard, V2 binary, 2 workers", "64", "2", requests["binary"]),
+        ("c) shipyard, batching off", "1", "1", requests["json"]),
     ):
         cases[label] = (
             [*serve, "--workers", workers],
             {**env, **log, "SHIPYARD_SERVE_MAX_BATCH_SIZE": batch},
+            request,
         )
     cases["d) FastAPI + eager PyTorch"] = (
         [sys.executable, str(HERE / "reference_app.py"), "--run", model["run"]],
         env,
+        requests["json"],
     )
     results: dict[str, dict[int, dict[str, Any]]] = {}
-    for label, (command, case_env) in cases.items():
+    for label, (command, case_env, request) in cases.items():
         port = free_port()
         extra = ["--port", str(port)]
         process = start(command + extra, case_env, port)
         try:
-            run_wrk(port, body, max(levels), 2)  # warm-up
-            results[label] = {c: run_wrk(port, body, c, duration) for c in levels}
+            run_wrk(port, request, max(levels), 2)  # warm-up
+            results[label] = {c: run_wrk(port, request, c, duration) for c in levels}
         finally:
             stop(process)
     return results
@@ -259,10 +299,14 @@ def main() -> None:
     }
     for name, model in models.items():
         instance = sample_instance(model["package"])
-        body = json.dumps({"instances": [instance.tolist()]})
+        from shipyard.export.package import load_package
+        from shipyard.serve.reload import package_name
+
+        served_name = package_name(load_package(model["package"]).manifest)  # as serve names it
+        requests = {"json": json_request(instance), "binary": binary_request(instance, served_name)}
         limit = raw_limit(model["package"], instance)
         cases = serve_cases(
-            home, model, body, args.concurrency, args.duration, not args.no_prediction_log
+            home, model, requests, args.concurrency, args.duration, not args.no_prediction_log
         )
         report["models"][name] = {"raw_limit": limit, "cases": cases}
         print_table(name, limit, cases)
@@ -285,7 +329,7 @@ def print_table(
     for label, levels in cases.items():
         for clients, r in levels.items():
             ratios = ("", "")
-            if label.startswith(("b)", "b2)")):
+            if label.startswith("b"):
                 ratios = (
                     f"{r['requests_per_s'] / limit['rows_per_s']:.2f}",
                     f"{r['requests_per_s'] / reference[clients]['requests_per_s']:.1f}x",

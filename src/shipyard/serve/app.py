@@ -55,6 +55,7 @@ from shipyard.serve import schemas
 from shipyard.serve.inputs import (
     InputLayout,
     RequestError,
+    binary_tensor_array,
     check_count,
     decode_image,
     parse_json,
@@ -82,6 +83,9 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = "application/json"
 HEADER_NAME = "X-Model-Name"
 HEADER_VERSION = "X-Model-Version"
+#: the V2 binary data extension (KServe, Triton): the JSON header's length; raw tensors follow
+INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_DATA_SIZE = "binary_data_size"
 #: allocations between young-generation collections in a serving process (CPython: 700)
 GC_GEN0_THRESHOLD = 50_000
 
@@ -391,6 +395,48 @@ def require_json(request: Request) -> None:
 async def read_json(request: Request, settings: ServeSettings) -> Any:
     require_json(request)
     return parse_json(await read_body(request, settings.max_body_bytes))
+
+
+async def read_infer_body(request: Request, settings: ServeSettings) -> tuple[Any, bytes | None]:
+    """A V2 infer body: JSON, or (binary data extension) a JSON header of
+    ``Inference-Header-Content-Length`` bytes followed by the tensors' raw bytes."""
+    declared = request.headers.get(INFERENCE_HEADER_LENGTH)
+    if declared is None:
+        return await read_json(request, settings), None
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        length = int(declared)
+    except ValueError:
+        length = -1
+    if not 0 < length <= len(body):
+        raise RequestError(
+            f"{INFERENCE_HEADER_LENGTH} is {declared!r}; expected the JSON header's length in "
+            f"bytes, 1 to the body's {len(body)}",
+            kind="bad_header_length",
+        )
+    return parse_json(body[:length]), body[length:]
+
+
+def binary_input(binary: bytes | None, size: Any, data: list[Any] | None) -> bytes:
+    """The one input's bytes, checked against its declared ``binary_data_size``."""
+    if binary is None:
+        raise RequestError(
+            f"parameters.{BINARY_DATA_SIZE} is set but the request has no "
+            f"{INFERENCE_HEADER_LENGTH} header; send the JSON header's length in it",
+            kind="bad_header_length",
+        )
+    if data is not None:
+        raise RequestError(
+            f"the input has both `data` and parameters.{BINARY_DATA_SIZE}; send one of them",
+            kind="bad_type",
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise RequestError(
+            f"parameters.{BINARY_DATA_SIZE} is {size!r} but {len(binary)} bytes follow the JSON "
+            "header; expected the exact byte count",
+            kind="bad_shape",
+        )
+    return binary
 
 
 def validate(model: type[BaseModel], payload: Any) -> Any:
@@ -979,7 +1025,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         started = time.perf_counter()
         expected = served(model_name, model_version)
         layout = server.require_layout()
-        payload = await read_json(request, settings)
+        payload, binary = await read_infer_body(request, settings)
         light = payload
         if isinstance(payload, dict) and isinstance(payload.get("inputs"), list):
             # ``data`` can be thousands of numbers: keep it out of pydantic's per-item work
@@ -993,8 +1039,23 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
                 kind="bad_input_name",
             )
         tensor = req.inputs[0]
-        raw = payload["inputs"][0]["data"] if isinstance(payload, dict) else tensor.data
-        features = tensor_array(layout, tensor.shape, tensor.datatype, raw, settings.max_instances)
+        size = (tensor.parameters or {}).get(BINARY_DATA_SIZE)
+        if binary is not None or size is not None:
+            data = binary_input(binary, size, tensor.data)
+            features = binary_tensor_array(
+                layout, tensor.shape, tensor.datatype, data, settings.max_instances
+            )
+        elif tensor.data is None:
+            raise RequestError(
+                f"input {tensor.name!r} has no data; send `data` (a list of numbers) or its "
+                f"bytes after the JSON header with parameters.{BINARY_DATA_SIZE}",
+                kind="missing_data",
+            )
+        else:
+            raw = payload["inputs"][0]["data"]
+            features = tensor_array(
+                layout, tensor.shape, tensor.datatype, raw, settings.max_instances
+            )
         known = [spec.name for spec in expected.manifest.outputs]
         wanted = [o.name for o in req.outputs] if req.outputs else known
         unknown = [name for name in wanted if name not in known]

@@ -369,11 +369,8 @@ def v2_datatype(dtype: str | np.dtype[Any]) -> str:
     )
 
 
-def tensor_array(
-    layout: InputLayout, shape: list[int], datatype: str, data: Any, max_instances: int
-) -> np.ndarray:
-    """A V2 input tensor (``shape``, ``datatype``, ``data`` flat or nested, row-major) ->
-    ``(n, *layout.shape)`` float32, checked like JSON instances."""
+def _tensor_spec(layout: InputLayout, shape: list[int], datatype: str, max_instances: int) -> str:
+    """Check a V2 input's datatype and shape against the model; the expected-shape text."""
     expected = [-1, *layout.shape]
     what = f"shape {expected} (-1: the batch) of {_v2_values(layout)}"
     if datatype not in V2_NUMERIC:
@@ -387,6 +384,15 @@ def tensor_array(
     ):
         raise RequestError(f"input shape {shape}; expected {what}", kind="bad_shape")
     check_count(shape[0], max_instances, "rows in the input tensor")
+    return what
+
+
+def tensor_array(
+    layout: InputLayout, shape: list[int], datatype: str, data: Any, max_instances: int
+) -> np.ndarray:
+    """A V2 input tensor (``shape``, ``datatype``, ``data`` flat or nested, row-major) ->
+    ``(n, *layout.shape)`` float32, checked like JSON instances."""
+    what = _tensor_spec(layout, shape, datatype, max_instances)
     try:
         flat = np.array(data, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
@@ -399,7 +405,32 @@ def tensor_array(
             f"input data has {flat.size} values but shape {shape} needs {math.prod(shape)}",
             kind="bad_shape",
         )
-    array = flat.reshape(shape)
+    return _checked(layout, flat.reshape(shape))
+
+
+def binary_tensor_array(
+    layout: InputLayout, shape: list[int], datatype: str, data: bytes, max_instances: int
+) -> np.ndarray:
+    """A V2 input tensor sent as raw little-endian bytes (the binary data extension) ->
+    ``(n, *layout.shape)`` float32. No parsing: a 3x32x32 UINT8 image is 3,072 bytes and
+    one ``frombuffer``, against about 250 us of JSON and list conversion."""
+    _tensor_spec(layout, shape, datatype, max_instances)
+    dtype = np.dtype(V2_NUMERIC[datatype]).newbyteorder("<")
+    needed = math.prod(shape) * dtype.itemsize
+    if len(data) != needed:
+        raise RequestError(
+            f"the input's binary data is {len(data)} bytes; shape {shape} of {datatype} needs "
+            f"{needed}",
+            kind="bad_shape",
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if dtype == np.uint8:  # every value is a valid pixel: nothing to check
+        return array.astype(np.float32)
+    return _checked(layout, array)
+
+
+def _checked(layout: InputLayout, array: np.ndarray) -> np.ndarray:
+    """Pixels must be finite 0..255; table values finite float32 (NaN: missing)."""
     if layout.kind == "image":
         if not np.isfinite(array).all():
             raise RequestError(

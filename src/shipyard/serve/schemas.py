@@ -260,7 +260,14 @@ class RequestInput(_Model):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="Row-major values, flat or nested.")
+    data: list[Any] | None = Field(
+        default=None,
+        description=(
+            "Row-major values, flat or nested. Omitted when the tensor travels as raw bytes "
+            "after the JSON header (the binary data extension: `parameters.binary_data_size` "
+            "and the `Inference-Header-Content-Length` request header)."
+        ),
+    )
 
 
 class RequestOutput(_Model):

@@ -8,6 +8,7 @@ against a real uvicorn server in ``test_app_server.py``.
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -375,6 +376,73 @@ def test_v2_nested_data_equals_flat_data(digits_client: TestClient, packages: An
     assert flat.status_code == nested.status_code == 200, flat.text + nested.text
     assert flat.json()["outputs"][0]["data"] == nested.json()["outputs"][0]["data"]
     schemas.InferResponse.model_validate(flat.json())
+
+
+def binary_infer(
+    pixels: np.ndarray, datatype: str = "UINT8", *, size: Any = None, header: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A V2 request in the binary data extension: JSON header, then the raw tensor bytes."""
+    data = pixels.tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": list(pixels.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(data) if size is None else size},
+                }
+            ]
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": header if header is not None else str(len(head)),
+    }
+    return head + data, headers
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
+def test_v2_binary_data_equals_json_data(
+    digits_client: TestClient, packages: Any, datatype: str
+) -> None:
+    """The same images as raw bytes after a JSON header (KServe/Triton binary data extension)
+    give exactly the JSON request's outputs."""
+    images = packages.digits_test[:3]
+    as_json = digits_client.post(
+        "/v2/models/digits/infer", json=infer(images.astype(float).ravel().tolist(), [3, 8, 8, 1])
+    )
+    pixels = images.astype(np.uint8 if datatype == "UINT8" else np.float32)
+    body, headers = binary_infer(pixels, datatype)
+    as_bytes = digits_client.post("/v2/models/digits/infer", content=body, headers=headers)
+    assert as_json.status_code == as_bytes.status_code == 200, as_bytes.text
+    assert as_json.json()["outputs"] == as_bytes.json()["outputs"]
+    assert len(as_bytes.json()["parameters"]["prediction_ids"]) == 3
+
+
+def test_bad_v2_binary_requests(digits_client: TestClient, packages: Any) -> None:
+    pixels = packages.digits_test[:1].astype(np.uint8)
+    url = "/v2/models/digits/infer"
+
+    body, headers = binary_infer(pixels, size=10)
+    assert_refused(digits_client.post(url, content=body, headers=headers), 422, "bad_shape", "10")
+    body, headers = binary_infer(pixels, header="nope")
+    refused = digits_client.post(url, content=body, headers=headers)
+    assert_refused(refused, 422, "bad_header_length", "Inference-Header-Content-Length")
+    body, headers = binary_infer(pixels[:, :4], size=32)  # 8x4 pixels for an 8x8 model
+    assert_refused(
+        digits_client.post(url, content=body, headers=headers), 422, "bad_shape", "shape"
+    )
+    body, headers = binary_infer(pixels.astype(np.float32) * 300, "FP32")
+    assert_refused(
+        digits_client.post(url, content=body, headers=headers), 422, "out_of_range", "0..255"
+    )
+    no_header = digits_client.post(url, json={**infer([0] * 64, [1, 8, 8, 1]), "inputs": [
+        {"name": "features", "shape": [1, 8, 8, 1], "datatype": "UINT8",
+         "parameters": {"binary_data_size": 64}}]})  # fmt: skip
+    assert_refused(no_header, 422, "bad_header_length", "no Inference-Header-Content-Length")
+    no_data = {"inputs": [{"name": "features", "shape": [1, 8, 8, 1], "datatype": "UINT8"}]}
+    assert_refused(digits_client.post(url, json=no_data), 422, "missing_data", "no data")
 
 
 # -- tables ---------------------------------------------------------------------------------------
