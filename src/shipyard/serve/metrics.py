@@ -13,7 +13,12 @@ Metric names (all prefixed ``shipyard_``): ``requests_total{route,method,status}
 ``request_duration_seconds{route}``, ``batch_size``, ``batch_duration_seconds``,
 ``queue_rows``, ``in_flight_requests``, ``model_info{name,version,precision}``,
 ``predictions_total{model,label}``, ``errors_total{kind}``, ``reloads_total{result}``,
-``prediction_log_rows{state}`` and ``prediction_log_database_up``.
+``prediction_log_rows{state}``, ``prediction_log_database_up``, ``model_ready``,
+``queue_capacity_rows``; from the monitor (:mod:`shipyard.serve.monitoring`):
+``drift_score{model,feature,kind}``, ``drift_detected{model,feature,kind}``,
+``dataset_drift{model}``, ``drift_share{model}``, ``drift_last_run_timestamp_seconds{model}``,
+``live_metric{model,metric}``, ``live_metric_samples{model}``, ``test_metric{model,metric}``,
+``live_metric_drop{model,metric}`` and ``live_metric_alert{model}``.
 """
 
 from __future__ import annotations
@@ -135,6 +140,69 @@ class Metrics:
             "1 when the prediction log's database accepts writes.",
             registry=r,
             multiprocess_mode="livemin",
+        )
+        self.model_ready = Gauge(
+            "shipyard_model_ready",
+            "1 when a model is loaded and answering (GET /v2/health/ready is 200).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.queue_capacity = Gauge(
+            "shipyard_queue_capacity_rows",
+            "Rows the batcher's queue holds before requests get 503 (serve.max_queue_rows).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
+        def monitor_gauge(name: str, doc: str, labels: list[str]) -> Gauge:
+            # every worker reads the same monitor summary: any live worker's value will do
+            return Gauge(name, doc, labels, registry=r, multiprocess_mode="livemax")
+
+        self.drift_score = monitor_gauge(
+            "shipyard_drift_score",
+            "Drift score per monitored column (the method's statistic or p-value).",
+            ["model", "feature", "kind"],
+        )
+        self.drift_detected = monitor_gauge(
+            "shipyard_drift_detected",
+            "1 when the column drifted in the latest drift run.",
+            ["model", "feature", "kind"],
+        )
+        self.dataset_drift = monitor_gauge(
+            "shipyard_dataset_drift", "1 when the latest drift run flagged the dataset.", ["model"]
+        )
+        self.drift_share = monitor_gauge(
+            "shipyard_drift_share", "Share of monitored columns that drifted.", ["model"]
+        )
+        self.drift_timestamp = monitor_gauge(
+            "shipyard_drift_last_run_timestamp_seconds",
+            "When the latest drift run finished (Unix time).",
+            ["model"],
+        )
+        self.live_metric = monitor_gauge(
+            "shipyard_live_metric",
+            "Accuracy (classes) or MAE (numbers) over the newest predictions with feedback.",
+            ["model", "metric"],
+        )
+        self.live_samples = monitor_gauge(
+            "shipyard_live_metric_samples",
+            "Predictions with feedback behind shipyard_live_metric.",
+            ["model"],
+        )
+        self.test_metric = monitor_gauge(
+            "shipyard_test_metric",
+            "The model's metric on its test split, from the package.",
+            ["model", "metric"],
+        )
+        self.live_drop = monitor_gauge(
+            "shipyard_live_metric_drop",
+            "How much worse the live metric is than the test metric (positive: worse).",
+            ["model", "metric"],
+        )
+        self.live_alert = monitor_gauge(
+            "shipyard_live_metric_alert",
+            "1 when the live metric is worse than the test metric by more than the margin.",
+            ["model"],
         )
         self._model: tuple[str, str, str] | None = None
 

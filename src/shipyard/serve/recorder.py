@@ -133,14 +133,17 @@ class Recorder:
         )
         assert process.stdout is not None
         first = _read_line(process.stdout, START_TIMEOUT_S)
-        message = orjson.loads(first) if first else {"error": "it exited without a word"}
+        message: dict[str, Any] = (
+            orjson.loads(first) if first else {"error": "it exited without a word"}
+        )
         if not message.get("ready"):
             process.kill()
             raise UserError(
                 f"the prediction log could not start at {settings.url}: {message.get('error')}"
             )
         self._process = process
-        self._stats = message.get("stats", self._stats)
+        if isinstance(message.get("stats"), dict):
+            self._stats = message["stats"]
         threading.Thread(
             target=self._listen, args=(process.stdout,), name="shipyard-log-stats", daemon=True
         ).start()
