@@ -154,55 +154,77 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
-        def monitor_gauge(name: str, doc: str, labels: list[str]) -> Gauge:
-            # every worker reads the same monitor summary: any live worker's value will do
-            return Gauge(name, doc, labels, registry=r, multiprocess_mode="livemax")
-
-        self.drift_score = monitor_gauge(
+        # The monitor's gauges: every worker reads the same monitor summary, so any live
+        # worker's value will do (livemax).
+        self.drift_score = Gauge(
             "shipyard_drift_score",
             "Drift score per monitored column (the method's statistic or p-value).",
             ["model", "feature", "kind"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.drift_detected = monitor_gauge(
+        self.drift_detected = Gauge(
             "shipyard_drift_detected",
             "1 when the column drifted in the latest drift run.",
             ["model", "feature", "kind"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.dataset_drift = monitor_gauge(
-            "shipyard_dataset_drift", "1 when the latest drift run flagged the dataset.", ["model"]
+        self.dataset_drift = Gauge(
+            "shipyard_dataset_drift",
+            "1 when the latest drift run flagged the dataset.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.drift_share = monitor_gauge(
-            "shipyard_drift_share", "Share of monitored columns that drifted.", ["model"]
+        self.drift_share = Gauge(
+            "shipyard_drift_share",
+            "Share of monitored columns that drifted.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.drift_timestamp = monitor_gauge(
+        self.drift_timestamp = Gauge(
             "shipyard_drift_last_run_timestamp_seconds",
             "When the latest drift run finished (Unix time).",
             ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.live_metric = monitor_gauge(
+        self.live_metric = Gauge(
             "shipyard_live_metric",
             "Accuracy (classes) or MAE (numbers) over the newest predictions with feedback.",
             ["model", "metric"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.live_samples = monitor_gauge(
+        self.live_samples = Gauge(
             "shipyard_live_metric_samples",
             "Predictions with feedback behind shipyard_live_metric.",
             ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.test_metric = monitor_gauge(
+        self.test_metric = Gauge(
             "shipyard_test_metric",
             "The model's metric on its test split, from the package.",
             ["model", "metric"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.live_drop = monitor_gauge(
+        self.live_drop = Gauge(
             "shipyard_live_metric_drop",
             "How much worse the live metric is than the test metric (positive: worse).",
             ["model", "metric"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.live_alert = monitor_gauge(
+        self.live_alert = Gauge(
             "shipyard_live_metric_alert",
             "1 when the live metric is worse than the test metric by more than the margin.",
             ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self._model: tuple[str, str, str] | None = None
 
