@@ -78,7 +78,9 @@ def serve(
     words, overrides = _split([model_ref], overrides)
     cfg = _compose(overrides)
     with _working(as_json):
-        values = _settings_values(to_container(cfg)["serve"], overrides)
+        container = to_container(cfg)
+        monitor = {f"monitor_{k}": v for k, v in (container.get("monitor") or {}).items()}
+        values = _settings_values({**monitor, **container["serve"]}, overrides)
         flags = {"host": host, "port": port, "workers": workers}
         values.update({k: v for k, v in flags.items() if v is not None})
         ref = words[0] if words else None
@@ -119,10 +121,9 @@ def _settings_values(serve_cfg: dict[str, Any], overrides: list[str]) -> dict[st
     command line did not set explicitly."""
     from shipyard.serve.settings import ENV_PREFIX, ServeSettings
 
-    explicit = {
-        o.split("=", 1)[0].lstrip("+~").removeprefix("serve.")
-        for o in overrides
-        if o.lstrip("+~").startswith("serve.")
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    explicit = {k.removeprefix("serve.") for k in keys if k.startswith("serve.")} | {
+        "monitor_" + k.removeprefix("monitor.") for k in keys if k.startswith("monitor.")
     }
     values = {k: v for k, v in serve_cfg.items() if k in ServeSettings.model_fields}
     for key in ServeSettings.model_fields:

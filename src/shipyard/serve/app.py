@@ -640,8 +640,10 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    from shipyard.serve.monitoring import router as monitoring_router
     from shipyard.serve.web import router as web_router
 
+    app.include_router(monitoring_router)
     app.include_router(web_router)
     lean = LeanRoutes()
     lean.exact["/predict"] = predict

@@ -32,6 +32,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -66,6 +67,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_resident_memory_bytes, cpu seconds, open fds: the load test's memory check
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "shipyard_requests",
             "HTTP requests by route template, method and status code.",
@@ -253,6 +256,7 @@ class Metrics:
 
             registry = CollectorRegistry()
             mp.MultiProcessCollector(registry)
+            ProcessCollector(registry=registry)  # of the worker that answers this scrape
             return generate_latest(registry)
         return generate_latest(self.registry)
 

@@ -25,6 +25,7 @@ from shipyard.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
     from shipyard.serve.batcher import Batcher
+    from shipyard.serve.monitoring import ServerMonitor
     from shipyard.serve.recorder import Recorder
     from shipyard.serve.runtime import ServedModel
 
@@ -53,6 +54,7 @@ class Server:
         self.layout: InputLayout | None = None
         self.batcher: Batcher | None = None
         self.recorder: Recorder | None = None
+        self.monitor: ServerMonitor | None = None
         self._periodic: asyncio.Task[None] | None = None
         self._label_children: dict[tuple[str, str], Any] = {}
 
@@ -97,6 +99,12 @@ class Server:
             await asyncio.to_thread(self.recorder.start)
         self.holder.start_polling()
         self._periodic = asyncio.create_task(self._refresh_gauges(), name="shipyard-gauges")
+        if settings.monitor_interval_s > 0:
+            from shipyard.serve.monitoring import ServerMonitor
+
+            log_url = self.recorder.settings.url if self.recorder is not None else None
+            self.monitor = ServerMonitor(settings, self.metrics, self.holder, log_url)
+            self.monitor.start()
         if self.tune_gc:
             tune_gc()
         model = self.holder.current
@@ -124,6 +132,8 @@ class Server:
                 await self._periodic
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.close)
         mark_dead()

@@ -91,6 +91,18 @@ class ServeSettings(BaseSettings):
     prediction_log_flush_interval_s: float = Field(default=0.5, gt=0)
     prediction_log_retry_interval_s: float = Field(default=5.0, gt=0)
 
+    # -- monitoring ---------------------------------------------------------------------------
+    #: seconds between refreshes of the live metric and the drift gauges; 0: no monitoring
+    #: in the server (``shipyard monitor`` still works on the log)
+    monitor_interval_s: float = Field(default=10.0, ge=0)
+    #: the rest come from the config's ``monitor:`` section (``shipyard serve`` copies
+    #: ``monitor.x`` into ``monitor_x``): how often the server runs the drift check in a
+    #: background process (0: never), and the live metric's window, margins and minimum
+    monitor_drift_interval_s: float = Field(default=0.0, ge=0)
+    monitor_accuracy_window: int = Field(default=500, ge=1)
+    monitor_accuracy_margin: float = Field(default=0.05, ge=0)
+    monitor_mae_margin: float | None = Field(default=None, ge=0)
+    monitor_accuracy_min_samples: int = Field(default=30, ge=1)
     # -- admin -------------------------------------------------------------------------------
     #: bearer token for /admin/*; unset disables the routes. Only from SHIPYARD_ADMIN_TOKEN.
     admin_token: SecretStr | None = Field(
