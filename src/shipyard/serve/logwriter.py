@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from shipyard.serve.inputs import image_digest
-from shipyard.serve.predlog import FeedbackRow, PredictionLog, PredictionRow
+from shipyard.serve.predlog import FeedbackRow, PredictionLog, PredictionRow, encode_embedding
 
 log = logging.getLogger("shipyard.serve.logwriter")
 
@@ -99,7 +99,9 @@ class RowBuilder:
                 else [{"value": None}] * n
             )
         embedding = arrays.get("embedding")
-        embeddings = embedding.tolist() if embedding is not None else [None] * n
+        embeddings = (
+            [encode_embedding(row) for row in embedding] if embedding is not None else [None] * n
+        )
         rows: list[PredictionRow] = []
         row = 0
         for count, created, version, latency in zip(

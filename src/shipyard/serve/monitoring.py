@@ -47,30 +47,6 @@ def drift_folder(home: Path) -> Path:
     return home / "monitoring" / "drift"
 
 
-def test_metric(model: ServedModel) -> tuple[str, float | None]:
-    """The metric that ranks this kind of model and its test-split value for the served graph."""
-    from shipyard.tasks.base import OutputKind, primary_metric
-
-    manifest = model.manifest
-    metric, _ = primary_metric(OutputKind(manifest.output_kind))
-    for graph in manifest.graphs:
-        if graph.precision == model.precision and metric in graph.metrics:
-            return metric, float(graph.metrics[metric])
-    value = manifest.metrics.get(f"test_{metric}")
-    return metric, None if value is None else float(value)
-
-
-def live_margin(
-    metric: str, test_value: float | None, accuracy_margin: float, mae_margin: float | None
-) -> float:
-    """The allowed drop: accuracy points, or MAE in target units (default: 25% of the test MAE)."""
-    if metric == "accuracy":
-        return accuracy_margin
-    if mae_margin is not None:
-        return mae_margin
-    return 0.25 * test_value if test_value is not None else 0.0
-
-
 class ServerMonitor:
     """Refreshes the live metric and drift gauges, and runs the drift check on schedule."""
 
@@ -130,19 +106,19 @@ class ServerMonitor:
             self._score(model)
 
     def _score(self, model: ServedModel) -> None:
-        from shipyard.monitor.accuracy import engine_for, live_metric
+        from shipyard.monitor.accuracy import engine_for, live_margin, live_metric, package_metric
 
         settings = self.settings
         if self._engine is None:
             self._engine = engine_for(self.log_url or "")
-        metric, test_value = test_metric(model)
+        metric, test_value = package_metric(model.manifest, model.precision)
         live = live_metric(
             self._engine,
             model.name,
             model.version,
             window=settings.monitor_accuracy_window,
             test_metric=test_value,
-            metric=metric,  # type: ignore[arg-type]
+            metric=metric,
             margin=live_margin(
                 metric, test_value, settings.monitor_accuracy_margin, settings.monitor_mae_margin
             ),

@@ -113,7 +113,8 @@ class PredictionRow:
     model_version: str
     input: Any  # JSON-able: the raw instance, or a {"sha256": ..., "shape": [...]} digest
     monitor_features: dict[str, float] | None  # per-row numbers the drift monitor compares
-    embedding: list[float] | None
+    #: the model's embedding of the input: :func:`encode_embedding` (or a plain list)
+    embedding: dict[str, str] | list[float] | None
     output: Any  # JSON-able: {"label": "7"} or {"value": 5.3}
     probabilities: list[float] | None
     latency_ms: float
@@ -131,6 +132,35 @@ class FeedbackRow:
 
 
 _Row = PredictionRow | FeedbackRow
+
+
+EMBEDDING_KEY = "float32_base64"
+
+
+def encode_embedding(vector: Any) -> dict[str, str]:
+    """An embedding as little-endian float32 bytes in base64: exact, and 1.4 KB for 256 values
+    where JSON numbers take 5 KB. Embedding models write one per prediction, and at a few
+    thousand predictions a second the JSON text was what made the log's commits slow."""
+    import base64
+
+    import numpy as np
+
+    data = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+    return {EMBEDDING_KEY: base64.b64encode(data).decode("ascii")}
+
+
+def decode_embedding(value: Any) -> list[float] | None:
+    """A stored embedding back as numbers (either form: :func:`encode_embedding` or a list)."""
+    if isinstance(value, list):
+        return [float(v) for v in value]
+    if isinstance(value, dict) and isinstance(value.get(EMBEDDING_KEY), str):
+        import base64
+
+        import numpy as np
+
+        data = base64.b64decode(value[EMBEDDING_KEY])
+        return [float(v) for v in np.frombuffer(data, dtype="<f4")]
+    return None
 
 
 def default_url(home: Path) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from shipyard.serve import schemas
-from shipyard.serve.predlog import PredictionLog
+from shipyard.serve.predlog import PredictionLog, decode_embedding
 from shipyard.serve.reload import package_version
 from shipyard.serve.runtime import ServedModel
 
@@ -192,7 +192,7 @@ def test_feedback_and_predictions_reach_the_log(
     assert len(row["input"]["sha256"]) == 64
     assert set(row["monitor_features"]) >= {"brightness", "contrast", "dark_share", "bright_share"}
     assert row["monitor_features"]["brightness"] == pytest.approx(image.mean() / 255, abs=1e-6)
-    assert len(row["embedding"]) == 128
+    assert len(decode_embedding(row["embedding"]) or []) == 128
     assert row["probabilities"] == pytest.approx(
         [prediction["probabilities"][str(d)] for d in range(10)], abs=1e-6
     )
