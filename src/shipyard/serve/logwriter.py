@@ -171,7 +171,9 @@ class RowBuilder:
                 frame = task.monitor_features(pd.DataFrame(features, columns=columns))
             else:
                 frame = task.monitor_features(features)
-            return [{str(k): float(v) for k, v in r.items()} for r in frame.to_dict("records")]
+            names = [str(c) for c in frame.columns]
+            rows = frame.to_numpy(dtype=np.float64).tolist()
+            return [dict(zip(names, row, strict=True)) for row in rows]
         except Exception as exc:  # pandas missing in a slim install, say: log the rest anyway
             if not self._warned:
                 log.warning("prediction log: no monitor features (%s: %s)", type(exc).__name__, exc)
