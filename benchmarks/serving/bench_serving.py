@@ -239,6 +239,7 @@ def serve_cases(
     levels: list[int],
     duration: int,
     prediction_log: bool = True,
+    only: list[str] | None = None,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     env = {**os.environ, "SHIPYARD_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     log = {"SHIPYARD_SERVE_PREDICTION_LOG": "true" if prediction_log else "false"}
@@ -262,6 +263,8 @@ def serve_cases(
         env,
         requests["json"],
     )
+    if only:
+        cases = {k: v for k, v in cases.items() if k.split(")")[0] in only}
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for label, (command, case_env, request) in cases.items():
         port = free_port()
@@ -281,6 +284,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--home", help="reuse this SHIPYARD_HOME (models are built once)")
     parser.add_argument(
+        "--cases",
+        nargs="+",
+        help="only these cases, by their letter: b b2 b3 b4 c d (default: all)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", help="only models whose name contains one of these (digits, 3x32x32)"
+    )
+    parser.add_argument(
         "--no-prediction-log",
         action="store_true",
         help="serve with serve.prediction_log=false (default: the log on, SQLite)",
@@ -298,6 +309,8 @@ def main() -> None:
         "models": {},
     }
     for name, model in models.items():
+        if args.models and not any(m in name for m in args.models):
+            continue
         instance = sample_instance(model["package"])
         from shipyard.export.package import load_package
         from shipyard.serve.reload import package_name
@@ -306,11 +319,18 @@ def main() -> None:
         requests = {"json": json_request(instance), "binary": binary_request(instance, served_name)}
         limit = raw_limit(model["package"], instance)
         cases = serve_cases(
-            home, model, requests, args.concurrency, args.duration, not args.no_prediction_log
+            home,
+            model,
+            requests,
+            args.concurrency,
+            args.duration,
+            not args.no_prediction_log,
+            args.cases,
         )
         report["models"][name] = {"raw_limit": limit, "cases": cases}
         print_table(name, limit, cases)
-    out = HERE / "results.json"
+    # a filtered run must not replace the full run's record
+    out = HERE / ("results-partial.json" if args.cases or args.models else "results.json")
     out.write_text(json.dumps(report, indent=2))
     print(f"\n{report['machine']}; JSON: {out}")
 
@@ -325,14 +345,16 @@ def print_table(
     )
     print("| case | clients | requests/s | p50 ms | p99 ms | errors | b/a | b/d |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    reference = cases["d) FastAPI + eager PyTorch"]
+    reference = cases.get("d) FastAPI + eager PyTorch")
     for label, levels in cases.items():
         for clients, r in levels.items():
             ratios = ("", "")
             if label.startswith("b"):
                 ratios = (
                     f"{r['requests_per_s'] / limit['rows_per_s']:.2f}",
-                    f"{r['requests_per_s'] / reference[clients]['requests_per_s']:.1f}x",
+                    f"{r['requests_per_s'] / reference[clients]['requests_per_s']:.1f}x"
+                    if reference
+                    else "",
                 )
             print(
                 f"| {label} | {clients} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | "
