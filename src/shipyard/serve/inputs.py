@@ -529,13 +529,15 @@ def decode_image(data: bytes, name: str, layout: InputLayout, max_pixels: int) -
     return pixels
 
 
-def image_digest(pixels: np.ndarray) -> dict[str, Any]:
-    """A compact stand-in for an image in the prediction log: SHA-256 of its uint8 pixels
-    and its shape (the pixels themselves would dwarf every other column)."""
+def image_digests(images: np.ndarray) -> list[dict[str, Any]]:
+    """Compact stand-ins for images in the prediction log, one per row of ``images``: the
+    SHA-256 of its uint8 pixels and its shape (the pixels would dwarf every other column).
+    The uint8 conversion runs once for the batch; hashing reads each row in place."""
     import hashlib
 
-    data = np.ascontiguousarray(pixels.astype(np.uint8))
-    return {"sha256": hashlib.sha256(data.tobytes()).hexdigest(), "shape": list(pixels.shape)}
+    pixels = np.ascontiguousarray(images.astype(np.uint8))
+    shape = list(pixels.shape[1:])
+    return [{"sha256": hashlib.sha256(row).hexdigest(), "shape": shape} for row in pixels]
 
 
 # -- helpers ---------------------------------------------------------------------------------

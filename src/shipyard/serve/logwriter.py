@@ -33,7 +33,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from shipyard.serve.inputs import image_digest
+from shipyard.serve.inputs import image_digests
 from shipyard.serve.predlog import FeedbackRow, PredictionLog, PredictionRow, encode_embedding
 
 log = logging.getLogger("shipyard.serve.logwriter")
@@ -136,7 +136,7 @@ class RowBuilder:
     ) -> list[Any]:
         """Tables raw (``{column: value}``, as sent); images as a digest {sha256, shape}."""
         if columns is None:
-            return [image_digest(pixels) for pixels in features]
+            return image_digests(features)
         raw = raw if raw is not None and len(raw) == len(features) else [None] * len(features)
         rows: list[Any] = []
         for value, numbers in zip(raw, features.astype(np.float64).tolist(), strict=True):
