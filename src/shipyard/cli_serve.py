@@ -76,6 +76,7 @@ def serve(
     from shipyard.config import to_container
 
     words, overrides = _split([model_ref], overrides)
+    overrides = [*_environment_overrides(), *overrides]
     cfg = _compose(overrides)
     with _working(as_json):
         container = to_container(cfg)
@@ -114,6 +115,22 @@ def serve(
     finally:
         if multiproc:
             shutil.rmtree(multiproc, ignore_errors=True)
+
+
+def _environment_overrides() -> list[str]:
+    """Config overrides a container sets in the environment, before the command line's:
+    ``SHIPYARD_SERVE_CONFIG_OVERRIDES`` (a JSON list or words, e.g. the tracking URI of the
+    registry to resolve ``NAME@ALIAS`` from) and ``SHIPYARD_SERVE_HOME`` (``paths.home``)."""
+    from shipyard.serve.settings import ENV_PREFIX, ServeSettings
+
+    found: list[str] = []
+    home = os.environ.get(f"{ENV_PREFIX}HOME")
+    if home:
+        found.append(f"paths.home={home}")
+    raw = os.environ.get(f"{ENV_PREFIX}CONFIG_OVERRIDES")
+    if raw and raw.strip():
+        found.extend(ServeSettings._overrides(raw))
+    return found
 
 
 def _settings_values(serve_cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -129,3 +129,27 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     assert rebuilt.admin_token.get_secret_value() == "secret"
     monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", "  ")
     assert ServeSettings().admin_token is None  # blank: admin routes stay disabled
+
+
+@pytest.mark.parametrize("variable", ["SHIPYARD_SERVE_HOME", "SHIPYARD_SERVE_CONFIG_OVERRIDES"])
+def test_a_container_configures_the_registry_through_the_environment(
+    packages: Any, servers: Any, tmp_path: Path, variable: str
+) -> None:
+    """A container sets no flags: the home (or overrides such as the tracking URI) come from
+    SHIPYARD_SERVE_* variables, and `shipyard serve wine@champion` resolves the model there,
+    not in the (empty) default home of the working directory."""
+    import json
+
+    import httpx
+
+    elsewhere = tmp_path / "elsewhere" / "home"
+    elsewhere.mkdir(parents=True)
+    value = (
+        str(packages.home)
+        if variable == "SHIPYARD_SERVE_HOME"
+        else json.dumps([f"paths.home={packages.home}"])
+    )
+    server = servers(elsewhere, "wine@champion", env={variable: value})
+    metadata = httpx.get(f"{server.url}/v2/models/wine", timeout=20)
+    assert metadata.status_code == 200, metadata.text
+    assert metadata.json()["versions"] == ["1"]
