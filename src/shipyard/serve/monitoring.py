@@ -249,12 +249,21 @@ async def monitoring_summary(request: Request) -> Response:
     responses={404: {"description": "No drift report yet."}},
 )
 async def monitoring_drift(request: Request) -> Response:
-    settings: ServeSettings = request.app.state.server.settings
-    path = drift_folder(settings.home_path) / "latest.html"
-    if not path.is_file():
+    server = request.app.state.server
+    settings: ServeSettings = server.settings
+    model = server.holder.current
+    folder = drift_folder(settings.home_path)
+    try:
+        summary = json.loads((folder / "latest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        summary = None
+    ours = model is not None and (summary or {}).get("model", {}).get("name") == model.name
+    path = folder / "latest.html"
+    if not ours or not path.is_file():
+        name = model.name if model is not None else "this model"
         return json_response(
             {
-                "error": "no drift report yet: run `shipyard monitor drift` or set "
+                "error": f"no drift report for {name} yet: run `shipyard monitor drift` or set "
                 "monitor.drift_interval_s so the server runs it",
                 "kind": "no_report",
             },
