@@ -70,7 +70,7 @@ def serve(
     Examples: `shipyard serve digits@champion` · `shipyard serve wine@3 --port 9000` ·
     `shipyard serve --package .shipyard/packages/RUN_ID` ·
     `shipyard serve digits@champion --workers 2 serve.reload_interval_s=30` ·
-    `SHIPYARD_ADMIN_TOKEN=secret shipyard serve digits@champion` (enables /admin/reload and
+    `SHIPYARD_ADMIN_TOKEN=$(openssl rand -hex 16) shipyard serve digits@champion` (enables /admin/reload and
     /admin/rollback). Interactive API docs: http://HOST:PORT/docs.
     """
     from shipyard.config import to_container

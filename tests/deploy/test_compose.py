@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|(^|_)KEY$", re.IGNORECASE)
 # ${VAR} or ${VAR:?message}: from the environment, never a default written here
 FROM_ENV = re.compile(r"^\$\{\w+(:?\?[^}]*)?\}$")
 URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
-REQUIRED_ENV = {"POSTGRES_PASSWORD": "compose-test-pg", "GRAFANA_ADMIN_PASSWORD": "compose-test-gf"}
+# Throwaway values made per test run: no credential, not even a test one, lives in the repo.
+REQUIRED_ENV = {
+    "POSTGRES_PASSWORD": secrets.token_hex(8),
+    "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(8),
+}
+ADMIN_TOKEN = secrets.token_hex(8)
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +183,11 @@ def test_docker_compose_accepts_the_file(docker_compose: list[str], tmp_path: Pa
         "--format",
         "json",
         **REQUIRED_ENV,
-        SHIPYARD_ADMIN_TOKEN="compose-test-token",
+        SHIPYARD_ADMIN_TOKEN=ADMIN_TOKEN,
     )
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)["services"]["shipyard"]["environment"]
-    assert rendered["SHIPYARD_ADMIN_TOKEN"] == "compose-test-token"
+    assert rendered["SHIPYARD_ADMIN_TOKEN"] == ADMIN_TOKEN
     assert rendered["SHIPYARD_SERVE_PREDICTION_LOG_URL"] == (
-        "postgresql+psycopg://shipyard:compose-test-pg@postgres:5432/predictions"
+        f"postgresql+psycopg://shipyard:{REQUIRED_ENV['POSTGRES_PASSWORD']}@postgres:5432/predictions"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ QUICK = (
     "export.latency.repeats=1",
     "export.latency.batch_sizes=[1]",
 )
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = secrets.token_hex(16)  # made per run: no credential lives in the repo
 
 
 @dataclass

@@ -25,6 +25,7 @@ file asserts the totals.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from shipyard.serve.app import create_app
 from shipyard.serve.reload import package_version
 from shipyard.serve.settings import ServeSettings
 
-TOKEN = "fuzz-admin-token"
+TOKEN = secrets.token_hex(16)  # made per run: no credential lives in the repo
 #: generated cases per operation and generation mode in the fuzzing phase (hypothesis'
 #: max_examples); the examples and coverage phases add their own
 FUZZ_EXAMPLES = 12

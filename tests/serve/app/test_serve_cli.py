@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_environment_beats_the_config_and_the_command_line_beats_both(
 
 def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """What `shipyard serve` exports is exactly what a worker rebuilds."""
+    token = secrets.token_hex(16)  # made per run: no credential lives in the repo
     settings = ServeSettings(
         model="wine@champion",
         package="/p",
@@ -114,19 +116,19 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
         config_overrides=["tracking.uri=sqlite:///x.db", "paths.home=/h"],
         max_batch_size=8,
         prediction_log=False,
-        admin_token="secret",
+        admin_token=token,
     )
     env = settings.to_env()
-    assert "secret" not in str(env)  # the token travels only as SHIPYARD_ADMIN_TOKEN
+    assert token not in str(env)  # the token travels only as SHIPYARD_ADMIN_TOKEN
     for name in ServeSettings.env_names():
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", "secret")
+    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", token)
     rebuilt = ServeSettings()
     assert rebuilt == settings
     assert rebuilt.admin_token is not None
-    assert rebuilt.admin_token.get_secret_value() == "secret"
+    assert rebuilt.admin_token.get_secret_value() == token
     monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", "  ")
     assert ServeSettings().admin_token is None  # blank: admin routes stay disabled
 
