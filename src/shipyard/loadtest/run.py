@@ -148,13 +148,11 @@ def run_loadtest(
     ``constant_throughput``); None: every user sends as soon as it has its answer.
     """
     from shipyard.loadtest import memory
-    from shipyard.loadtest.traffic import find_snapshot, probe, scenario_names
+    from shipyard.loadtest.traffic import find_snapshot, probe
+    from shipyard.monitor.scenarios import check_scenario
 
     url = check_bounds(url, users, spawn_rate, duration_s, rate, allow_remote)
-    if scenario not in scenario_names():
-        raise UserError(
-            f"unknown scenario {scenario!r}; choose one of {', '.join(scenario_names())}"
-        )
+    check_scenario(scenario)
     if not 0 <= max_failure_rate <= 1:
         raise UserError("--max-failure-rate must be between 0 and 1")
     model = probe(url)

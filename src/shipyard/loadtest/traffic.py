@@ -211,12 +211,6 @@ class Rows:
         return len(self.labels)
 
 
-def scenario_names() -> tuple[str, ...]:
-    from shipyard.monitor.scenarios import SCENARIOS
-
-    return tuple(SCENARIOS)
-
-
 def draw_rows(
     snapshot: Snapshot,
     scenario: str,
@@ -231,10 +225,9 @@ def draw_rows(
     changes how many there are (a label shift resamples), the result is drawn to
     ``count`` again from what it returned.
     """
-    from shipyard.monitor.scenarios import SCENARIOS, apply_scenario
+    from shipyard.monitor.scenarios import apply_scenario, check_scenario
 
-    if scenario not in SCENARIOS:
-        raise UserError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    check_scenario(scenario)
     rng = np.random.default_rng(seed)
     split = snapshot.load("test")
     if len(split) == 0:

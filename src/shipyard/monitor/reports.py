@@ -34,9 +34,14 @@ LATEST_HTML = "latest.html"
 PREFIX = "drift-"
 
 
+def drift_folder(home: Path) -> Path:
+    """``<home>/monitoring/drift``: where drift reports are written (and the server reads them)."""
+    return Path(home) / "monitoring" / "drift"
+
+
 def drift_dir(cfg: DictConfig) -> Path:
-    """``<paths.home>/monitoring/drift``: where drift reports are written."""
-    return Path(str(cfg.paths.home)) / "monitoring" / "drift"
+    """:func:`drift_folder` of the config's ``paths.home``."""
+    return drift_folder(Path(str(cfg.paths.home)))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -91,7 +96,12 @@ def prune(folder: Path, keep: int) -> None:
 
 def read_latest(cfg: DictConfig) -> dict[str, Any] | None:
     """The newest drift summary, or None before the first run."""
-    path = drift_dir(cfg) / LATEST_JSON
+    return read_summary(drift_dir(cfg))
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """The newest drift summary in ``folder``, or None before the first run."""
+    path = folder / LATEST_JSON
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:

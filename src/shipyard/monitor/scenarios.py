@@ -81,6 +81,13 @@ def scenarios_for(kind: DataKind | str) -> tuple[str, ...]:
     return APPLIES_TO[DataKind(kind)]
 
 
+def check_scenario(name: str) -> None:
+    """A one-line :class:`ScenarioError` for a name that is not a scenario (callers check
+    before loading any data)."""
+    if name not in SCENARIOS:
+        raise ScenarioError(f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}")
+
+
 def apply_scenario(
     name: str,
     features: Features,
@@ -91,8 +98,7 @@ def apply_scenario(
     strength: float = 1.0,
 ) -> tuple[Features, np.ndarray]:
     """Shifted copies of ``features`` and ``labels`` (same row count); see the module doc."""
-    if name not in SCENARIOS:
-        raise ScenarioError(f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}")
+    check_scenario(name)
     try:
         data_kind = DataKind(kind)
     except ValueError:

@@ -19,16 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
+from shipyard.monitor.reports import LATEST_HTML, LATEST_JSON, drift_folder, read_summary
 from shipyard.serve.http import json_response
 
 if TYPE_CHECKING:
@@ -41,10 +40,6 @@ log = logging.getLogger("shipyard.serve")
 
 #: a drift check that runs longer is killed (the next one is due anyway)
 DRIFT_TIMEOUT_S = 600.0
-
-
-def drift_folder(home: Path) -> Path:
-    return home / "monitoring" / "drift"
 
 
 class ServerMonitor:
@@ -136,14 +131,16 @@ class ServerMonitor:
             m.live_drop.labels(name, metric).set(live.drop)
 
     def _read_drift(self, model_name: str) -> None:
-        path = self.folder / "latest.json"
+        path = self.folder / LATEST_JSON
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return
         if mtime == self._drift_mtime:
             return
-        summary: dict[str, Any] = json.loads(path.read_text())
+        summary = read_summary(self.folder)
+        if summary is None:
+            return
         if (summary.get("model") or {}).get("name") != model_name:
             return  # another model's report in this home
         self._drift_mtime, self.drift = mtime, summary
@@ -254,11 +251,11 @@ async def monitoring_drift(request: Request) -> Response:
     model = server.holder.current
     folder = drift_folder(settings.home_path)
     try:
-        summary = json.loads((folder / "latest.json").read_text())
-    except (FileNotFoundError, ValueError):
+        summary = read_summary(folder)
+    except ValueError:  # a hand-edited file: no report to show
         summary = None
     ours = model is not None and (summary or {}).get("model", {}).get("name") == model.name
-    path = folder / "latest.html"
+    path = folder / LATEST_HTML
     if not ours or not path.is_file():
         name = model.name if model is not None else "this model"
         return json_response(
