@@ -3,10 +3,13 @@
 #   chromium   the web page's browser test (Playwright drives it with executable_path)
 #   prometheus ships promtool, which checks the alert rules in the tests
 #   wrk        the serving benchmark's load generator
+#   shellcheck the workflows' shell steps (through actionlint)
+#   podman, runc, debootstrap   build and run the serve image in the container tests
+#              (tests/deploy/test_images.py; scripts/base-image.sh makes the local base image)
 # Installs what is missing when run as root with apt; elsewhere it prints what to install, and the
 # tests that need a tool skip with that reason.
 set -euo pipefail
-declare -A tool=([chromium]=chromium [promtool]=prometheus [wrk]=wrk)
+declare -A tool=([chromium]=chromium [promtool]=prometheus [wrk]=wrk [podman]=podman [runc]=runc [debootstrap]=debootstrap [shellcheck]=shellcheck)
 missing=()
 for binary in "${!tool[@]}"; do
   command -v "$binary" >/dev/null 2>&1 || missing+=("${tool[$binary]}")

@@ -20,6 +20,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -153,8 +154,6 @@ def _settings_values(serve_cfg: dict[str, Any], overrides: list[str]) -> dict[st
 def _resolve(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Settings with the model resolved to a verified local package, opened and smoke-tested
     here so that a bad model is one line now, not a worker's traceback later."""
-    from pathlib import Path
-
     from shipyard.export.package import load_package
     from shipyard.serve.reload import load_served, package_name, package_version
     from shipyard.serve.settings import load_settings
@@ -174,9 +173,11 @@ def _resolve(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     else:
         package = load_package(Path(str(folder)).expanduser().resolve())
         values["package"] = str(package.path)
-        values.pop("model_version", None)
+        claimed = values.pop("model_version", None)
         name = str(values.get("model_name") or package_name(package.manifest))
-        version = package_version(package.path)
+        version = package_version(package.path, claimed, values.get("package_digest"))
+        if not version.startswith("pkg-"):
+            values["model_version"] = version
     settings = load_settings(**values)
     _check_prediction_log(settings)
     load_served(package, name, version, settings)  # a worker's checks; the session is dropped
@@ -233,14 +234,15 @@ def _check_port(host: str, port: int) -> None:
 
 def _metrics_dir(workers: int) -> str | None:
     """Several workers need Prometheus' multiprocess mode: a fresh folder (ours, removed at
-    exit) unless ``PROMETHEUS_MULTIPROC_DIR`` names one (emptied of stale values)."""
+    exit) unless ``PROMETHEUS_MULTIPROC_DIR`` names one (created, emptied of stale values)."""
     from shipyard.serve.metrics import MULTIPROC_ENV, clear_multiprocess_dir
 
-    if workers <= 1:
-        return None
     given = os.environ.get(MULTIPROC_ENV)
-    if given:
+    if given:  # prometheus_client writes there whatever the worker count: it must exist
+        Path(given).mkdir(parents=True, exist_ok=True)
         clear_multiprocess_dir(given)
+        return None
+    if workers <= 1:
         return None
     folder = tempfile.mkdtemp(prefix="shipyard-metrics-")
     os.environ[MULTIPROC_ENV] = folder

@@ -1,15 +1,20 @@
 """The deploy/ files as the tests read them: alert rules, the Grafana dashboard and the
-PromQL inside it, and the external tools (promtool, docker compose) or a skip that says how
-to get them."""
+PromQL inside it, and the external tools (promtool, docker compose, a container engine) or a
+skip that says how to get them."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +126,89 @@ def dashboard_queries(
         elif match["selector"]:
             queries.append((f"variable {variable['name']!r}", match["selector"]))
     return queries
+
+
+# -- a container engine ---------------------------------------------------------------------
+# Set up the way ../shared/CONTAINERS.md says works on a machine without a registry: podman
+# with runc and ulimits within the machine's hard limits, a locally made base image
+# (scripts/base-image.sh), the host's CA bundle mounted for builds only. Every reason the
+# engine cannot run here becomes a skip that says what is missing.
+
+BASE_IMAGE = "localhost/python:3.11-slim"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True)
+class Podman:
+    """podman with this session's private containers.conf."""
+
+    env: dict[str, str]
+    base: str = BASE_IMAGE
+
+    @property
+    def ca_bundle(self) -> Path | None:
+        return HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        done = subprocess.run(
+            ["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} exited {done.returncode}: {done.stderr}")
+        return done.stdout.strip()
+
+    def wait_healthy(self, container: str, timeout: float = 90) -> float:
+        """Run the image's HEALTHCHECK until it passes; seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            state = self.run("inspect", "--format", "{{.State.Status}}", container)
+            if state != "running":
+                logs = self.run("logs", container, check=False)
+                raise AssertionError(f"container {state}: {logs}")
+            done = subprocess.run(
+                ["podman", "healthcheck", "run", container],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if done.returncode == 0:
+                return time.monotonic() - started
+            time.sleep(1)
+        raise AssertionError(
+            f"not healthy in {timeout}s: {self.run('logs', container, check=False)}"
+        )
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    """podman ready to build and run, or a skip with the reason."""
+    if platform.system() != "Linux":
+        pytest.skip("container tests need Linux (podman with runc)")
+    if os.geteuid() != 0:
+        pytest.skip("container tests need root here (chroot builds, runc without a user session)")
+    missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: apt-get install podman runc debootstrap"
+        )
+    hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 65536 if hard_nofile == resource.RLIM_INFINITY else min(hard_nofile, 65536)
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(
+        '[engine]\nruntime = "runc"\n'
+        f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]\n'
+    )
+    engine = Podman(env={**os.environ, "CONTAINERS_CONF": str(conf)})
+    if subprocess.run(["podman", "image", "exists", BASE_IMAGE], env=engine.env).returncode != 0:
+        if shutil.which("debootstrap") is None:
+            pytest.skip(f"no base image {BASE_IMAGE} and no debootstrap to make one")
+        made = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "base-image.sh"), BASE_IMAGE],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if made.returncode != 0:
+            pytest.skip(f"the local base image could not be built: {made.stderr.strip()[-300:]}")
+    return engine

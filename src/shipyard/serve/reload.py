@@ -268,7 +268,7 @@ class ModelHolder:
         name = settings.model_name or package_name(package.manifest)
         if settings.model and settings.model_version:  # resolved by `shipyard serve`
             return name, settings.model_version
-        return name, package_version(package.path)  # a bare folder: its content is its version
+        return name, package_version(package.path, settings.model_version, settings.package_digest)
 
     def _load(self, package: ModelPackage, name: str, version: str) -> ServedModel:
         return load_served(package, name, version, self.settings)
@@ -310,9 +310,15 @@ def package_name(manifest: Manifest) -> str:
     return derive_name(manifest)
 
 
-def package_version(folder: Path) -> str:
-    """``pkg-`` + the manifest's SHA-256 prefix: changes exactly when the package does."""
-    return f"pkg-{sha256_file(Path(folder) / MANIFEST)[:12]}"
+def package_version(folder: Path, claimed: str | None = None, digest: str | None = None) -> str:
+    """A bare folder's version: ``pkg-`` + the manifest's SHA-256 prefix, which changes
+    exactly when the package does -- or ``claimed``, the registry version the folder was
+    fetched as (a serve image records it), while the manifest still has that ``digest``:
+    a different package mounted in its place never inherits the label."""
+    actual = sha256_file(Path(folder) / MANIFEST)
+    if claimed and digest and digest.lower() == actual:
+        return claimed
+    return f"pkg-{actual[:12]}"
 
 
 def load_served(

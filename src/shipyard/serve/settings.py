@@ -47,8 +47,11 @@ class ServeSettings(BaseSettings):
     #: or for a bare package folder the data's name (digits, wine)
     model_name: str | None = None
     #: the registry version of ``package`` when ``shipyard serve`` resolved ``model`` to it;
-    #: a bare package folder's version is always ``pkg-<manifest sha256[:12]>``
+    #: a bare package folder's version is ``pkg-<manifest sha256[:12]>``, unless this is set
+    #: together with ``package_digest`` (a serve image records both at build time)
     model_version: str | None = None
+    #: the SHA-256 of the manifest that ``model_version`` belongs to (bare folders only)
+    package_digest: str | None = None
     #: which graph of the package: fp32 or int8
     precision: Literal["fp32", "int8"] = "fp32"
     #: config overrides (``tracking.uri=...``) for registry access from the workers
