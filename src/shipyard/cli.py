@@ -438,4 +438,4 @@ def version(as_json: JsonFlag = False) -> None:
 import shipyard.cli_image  # noqa: E402  (image build, image context)
 import shipyard.cli_load  # noqa: E402, F401  (simulate, loadtest)
 import shipyard.cli_monitor as _monitor  # noqa: E402, F401  (monitor drift, accuracy)
-from shipyard import cli_registry, cli_serve  # noqa: E402, F401
+from shipyard import cli_registry, cli_serve, cli_sweep  # noqa: E402, F401

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +22,10 @@ from shipyard.settings import shipyard_home
 
 CONFIG_MODULE = "shipyard.conf"
 GROUPS = ("task", "data", "model", "trainer", "tracking", "experiment")
+# The user's own config options live in <home>/conf/<group>/NAME.yaml, searched after the
+# packaged ones (which win on a clash). `shipyard sweep` writes its best trial there as
+# experiment/sweep-<study>.yaml, so `shipyard train experiment=sweep-<study>` finds it.
+USER_CONFIG_DIR = "conf"
 
 
 def _register_resolvers() -> None:
@@ -28,9 +34,29 @@ def _register_resolvers() -> None:
 
 
 def available(group: str) -> list[str]:
-    """The options of a config group, e.g. ``available("model") -> ["cnn", "mlp", ...]``."""
+    """The options of a config group, e.g. ``available("model") -> ["cnn", "mlp", ...]``:
+    the packaged ones and the user's (``<home>/conf/<group>/``)."""
     folder = resources.files(CONFIG_MODULE).joinpath(group)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = {p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    user = user_config_dir() / group
+    if user.is_dir():
+        names |= {p.stem for p in user.glob("*.yaml")}
+    return sorted(names)
+
+
+def user_config_dir() -> Path:
+    """``<home>/conf``: a second config root for options of the user's own."""
+    return shipyard_home() / USER_CONFIG_DIR
+
+
+def search_path_overrides(overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The override that adds the user's config root to Hydra's search path, when it
+    exists and the overrides do not set ``hydra.searchpath`` themselves."""
+    folder = user_config_dir()
+    if not folder.is_dir() or any(o.split("=", 1)[0] == "hydra.searchpath" for o in overrides):
+        return []
+    quoted = str(folder).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"hydra.searchpath=['file://{quoted}']"]
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -56,9 +82,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                 f"malformed override {override!r}: expected key=value, e.g. task=tabular "
                 "or trainer.max_epochs=5"
             )
+    _check_experiment(overrides)
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(
+                config_name="config", overrides=[*search_path_overrides(overrides), *overrides]
+            )
     except MissingConfigException as exc:
         raise ConfigError(_missing_option_message(str(exc), overrides)) from exc
     except OverrideParseException as exc:
@@ -77,11 +106,41 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
+def _check_experiment(overrides: list[str] | tuple[str, ...]) -> None:
+    """``experiment`` is optional in the defaults list, and Hydra silently skips an optional
+    option it cannot find: ``experiment=typo`` would train the defaults. Refuse it instead."""
+    for override in overrides:
+        key, _, option = override.partition("=")
+        if key.lstrip("+") == "experiment" and option not in ("", "null"):
+            choices = available("experiment")
+            if option not in choices:
+                raise ConfigError(
+                    f"unknown experiment {option!r}: choose one of {', '.join(choices)} "
+                    f"(packaged, or yours in {user_config_dir() / 'experiment'})"
+                )
+
+
 def require(node: DictConfig, *keys: str, prefix: str = "data") -> None:
     """Fail with a one-line error naming the first required (``???``) key that has no value."""
     for key in keys:
         if key not in node or OmegaConf.is_missing(node, key) or node[key] is None:
             raise ConfigError(f"{prefix}.{key} is required: pass {prefix}.{key}=VALUE")
+
+
+def local_folder(value: object, key: str, hint: str = "") -> Path:
+    """A config value that must name a folder on this machine (``file://`` URLs included).
+
+    ``Path("s3://bucket/x")`` is the *relative* folder ``s3:/bucket/x``: without this check a
+    bucket URL given to a key that only takes folders would silently be written into the
+    working directory. ``hint`` says where such a URL belongs instead.
+    """
+    text = str(value)
+    scheme, separator, _ = text.partition("://")
+    if not separator:
+        return Path(text)
+    if scheme == "file":
+        return Path(unquote(urlparse(text).path))
+    raise ConfigError(f"{key} must be a folder on this machine, not {text}{hint}")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
