@@ -35,6 +35,8 @@ class ShipyardModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.target_scale = target_scale
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
+        self._train_loss = torch.zeros(())
+        self._train_rows = 0
 
     def forward(self, features: Tensor) -> Tensor:
         return self.model(features)  # type: ignore[no-any-return]
@@ -42,24 +44,57 @@ class ShipyardModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         features, target = batch
         loss = loss_fn(self.output_kind, self(features), target, self.target_scale)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        # Summed here and logged once an epoch (on_train_epoch_end): Lightning's self.log
+        # costs about as much per call as a whole step of a small model.
+        rows = len(target)
+        self._train_loss = self._train_loss + loss.detach().float() * rows
+        self._train_rows += rows
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss, self._train_rows = torch.zeros((), device=self.device), 0
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's mean training loss over its rows; sync_dist: under DDP the mean of
+        every rank's mean (equal shards), not rank 0's alone."""
+        if self._train_rows:
+            mean = self._train_loss / self._train_rows
+            self.log("train_loss", mean, on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         features, target = batch
         self._val_outputs.append((self(features).detach(), target))
 
     def on_validation_epoch_end(self) -> None:
+        """Score the whole validation split. Under DDP each rank saw one shard (Lightning's
+        DistributedSampler, padded to equal shards by repeating at most world_size - 1 rows),
+        so the outputs are gathered first: every rank then logs the same numbers, and the
+        best checkpoint and early stopping follow the whole split, not rank 0's shard."""
         if not self._val_outputs:
             return
-        outputs = torch.cat([o for o, _ in self._val_outputs])
+        # float(): under mixed precision the outputs are bf16/fp16.
+        outputs = torch.cat([o for o, _ in self._val_outputs]).float()
         target = torch.cat([t for _, t in self._val_outputs])
         self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            outputs, target = self._gather(outputs), self._gather(target)
         metrics = score(self.output_kind, outputs, target, self.num_classes)
         metrics["loss"] = float(loss_fn(self.output_kind, outputs, target, self.target_scale))
         for name, value in metrics.items():
             if isinstance(value, float):
-                self.log(f"val_{name}", value, prog_bar=name in ("loss", "accuracy", "mae"))
+                # Equal on every rank already: sync_dist only tells Lightning so (no warning).
+                self.log(
+                    f"val_{name}",
+                    value,
+                    prog_bar=name in ("loss", "accuracy", "mae"),
+                    sync_dist=self.trainer.world_size > 1,
+                )
+
+    def _gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's rows, concatenated in rank order (all_gather stacks them)."""
+        gathered = self.all_gather(tensor)
+        assert isinstance(gathered, Tensor)
+        return gathered.flatten(0, 1)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

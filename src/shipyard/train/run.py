@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,7 +34,8 @@ RUN_ID_FILE = "run_id"
 # describes — resume=true then starts fresh, with a warning.
 # `snapshot` too: the folder name already carries the snapshot id, and `pipeline` passes
 # snapshot=ID where a plain `train` leaves it null — the same training either way.
-RESUME_INVARIANT_KEYS = ("resume", "trainer.max_epochs", "snapshot")
+# `profile` and `profile_steps` only watch a training: a profiled resume is the same one.
+RESUME_INVARIANT_KEYS = ("resume", "trainer.max_epochs", "snapshot", "profile", "profile_steps")
 
 
 @dataclass
@@ -89,12 +90,16 @@ def check_data(task: Task, snapshot: Snapshot) -> None:
         )
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Train the configured model on its snapshot, track it in MLflow and score the test split."""
+def train(cfg: DictConfig, *, callbacks: list[Any] | None = None) -> TrainResult:
+    """Train the configured model on its snapshot, track it in MLflow and score the test split.
+
+    ``callbacks`` are extra Lightning callbacks (a sweep's pruning callback, say).
+    """
     import lightning as L
     from lightning.pytorch.loggers import MLFlowLogger
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import TensorDataset
 
+    from shipyard.train import profiling
     from shipyard.train.evaluate import evaluate_model, load_weights
     from shipyard.train.metrics import scalars
     from shipyard.train.module import ShipyardModule
@@ -125,45 +130,64 @@ def train(cfg: DictConfig) -> TrainResult:
     )
     tensors = {name: half.to_tensors(split, schema) for name, split in splits.items()}
     batch_size = int(cfg.trainer.batch_size)
-    workers = int(cfg.trainer.num_workers)
-    train_loader = DataLoader(
-        TensorDataset(*tensors["train"]), batch_size=batch_size, shuffle=True, num_workers=workers
-    )
-    val_loader = DataLoader(
-        TensorDataset(*tensors["val"]), batch_size=batch_size * 4, num_workers=workers
-    )
+    train_loader = _loader(cfg, TensorDataset(*tensors["train"]), batch_size, shuffle=True)
+    val_loader = _loader(cfg, TensorDataset(*tensors["val"]), batch_size * 4, shuffle=False)
 
+    profiler = profiling.from_config(cfg)
+    extra_callbacks = [*(callbacks or []), *([profiler] if profiler else [])]
     config_id = fingerprint(cfg, exclude=("resume",))
     workdir = Path(str(cfg.paths.checkpoints)) / f"{snapshot.id}-{checkpoint_key(cfg)}"
-    resume_from, run_id = _resume_point(workdir, bool(cfg.resume))
-    tracking.experiment_id(cfg)  # creates the experiment with Shipyard's artifact location
-    logger = MLFlowLogger(
-        experiment_name=str(cfg.tracking.experiment),
-        tracking_uri=tracking.tracking_uri(cfg),
-        run_name=f"{task.name}-{cfg.model.name}",
-        run_id=run_id,
-        tags=_tags(cfg, snapshot, config_id),
-    )
-    loggers: list[Any] = [logger, *_extra_loggers(cfg)]
-    if run_id is None:
-        logger.log_hyperparams(tracking.flatten(to_container(cfg)))
-    trainer, checkpoint = build_trainer(cfg, workdir, loggers)
-    run_id = str(logger.run_id)
-    _run_id_file(workdir).parent.mkdir(parents=True, exist_ok=True)
-    _run_id_file(workdir).write_text(run_id)
+    # Building the Trainer settles this process's global rank (from torchrun's, SLURM's or
+    # Lightning's own launcher's environment); under DDP only rank 0 cleans the checkpoint
+    # folder, opens the MLflow run, evaluates and records. The others train, then leave.
+    trainer, checkpoint = build_trainer(cfg, workdir, [], callbacks=extra_callbacks)
+    lead = trainer.is_global_zero
+    resume_from, run_id = _resume_point(workdir, bool(cfg.resume), lead=lead)
+    loggers: list[Any] = []
+    if lead:
+        tracking.experiment_id(cfg)  # creates the experiment with Shipyard's artifact location
+        logger = MLFlowLogger(
+            experiment_name=str(cfg.tracking.experiment),
+            tracking_uri=tracking.tracking_uri(cfg),
+            run_name=f"{task.name}-{cfg.model.name}",
+            run_id=run_id,
+            tags=_tags(cfg, snapshot, config_id),
+            # Metrics go to the store from MLflow's background thread: a SQLite commit
+            # (an fsync) each epoch stalled training by more than the epoch's compute
+            # (benchmarks/training). Ending the run flushes the queue.
+            synchronous=False,
+        )
+        loggers = [logger, *_extra_loggers(cfg)]
+        if run_id is None:
+            logger.log_hyperparams(tracking.flatten(to_container(cfg)))
+        run_id = str(logger.run_id)
+        _run_id_file(workdir).parent.mkdir(parents=True, exist_ok=True)
+        _run_id_file(workdir).write_text(run_id)
+        trainer.loggers = loggers
     try:
         trainer.fit(
             module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None
         )
+        if not lead:
+            _leave_worker_rank()
+        assert run_id is not None
         best = Path(checkpoint.best_model_path or workdir / "last.ckpt")
         load_weights(model, best)
         test = evaluate_model(model, half, splits["test"], schema)
         val = evaluate_model(model, half, splits["val"], schema)
         metrics = scalars(test, "test") | scalars(val, "best_val")
+        # A task may bring a yardstick (text: TF-IDF + logistic regression on the same split).
+        baseline = getattr(half, "baseline", None)
+        if baseline is not None:
+            metrics |= scalars(baseline(splits["train"], splits["test"]), "baseline_test")
         _record(cfg, run_id, metrics, best, snapshot, test.get("confusion_matrix"), labels)
+        if profiler is not None:
+            profiler.report(cfg, run_id)
         for extra in loggers[1:]:
             extra.log_metrics(metrics)
     except BaseException:
+        if profiler is not None:
+            profiler.discard()
         with contextlib.suppress(Exception):  # the training's error is the one to report
             _close_extra_loggers(loggers[1:], success=False)
         raise
@@ -181,6 +205,35 @@ def train(cfg: DictConfig) -> TrainResult:
     )
 
 
+def _loader(cfg: DictConfig, dataset: Any, batch_size: int, *, shuffle: bool) -> Any:
+    """A DataLoader over in-memory tensors. Under DDP, Lightning swaps in a
+    DistributedSampler (``use_distributed_sampler``, on by default), so each rank sees its
+    own shard. Worker processes, when asked for, stay alive across epochs
+    (``trainer.persistent_workers``) instead of being forked again for every epoch and
+    every validation pass."""
+    from torch.utils.data import DataLoader
+
+    workers = int(cfg.trainer.num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0 and bool(cfg.trainer.get("persistent_workers", True)),
+    )
+
+
+def _leave_worker_rank() -> NoReturn:
+    """End a DDP worker process (global rank > 0) once ``fit`` returns.
+
+    Rank 0 alone evaluates, records and returns the result. A worker runs the same command
+    as rank 0 (Lightning's launcher re-runs ``shipyard train ...``; torchrun and srun start
+    it on every rank), so returning would print a second result, or let ``shipyard
+    pipeline`` go on to export and register from every rank: it exits, successfully.
+    """
+    raise SystemExit(0)
+
+
 def checkpoint_key(cfg: DictConfig) -> str:
     """The fingerprint that names a training's checkpoint folder: the config less RESUME_INVARIANT_KEYS."""
     data = to_container(cfg)
@@ -194,11 +247,17 @@ def checkpoint_key(cfg: DictConfig) -> str:
     return fingerprint(OmegaConf.create(data))
 
 
-def _resume_point(workdir: Path, resume: bool) -> tuple[Path | None, str | None]:
-    """With resume, the last checkpoint and run id of this exact config; otherwise a clean folder."""
+def _resume_point(
+    workdir: Path, resume: bool, *, lead: bool = True
+) -> tuple[Path | None, str | None]:
+    """With resume, the last checkpoint and run id of this exact config; otherwise a clean
+    folder. Only the ``lead`` process (global rank 0) warns and cleans: DDP workers load the
+    same checkpoint but must not delete what rank 0 is about to write."""
     last, run_file = workdir / "last.ckpt", _run_id_file(workdir)
     if resume and last.is_file() and run_file.is_file():
         return last, run_file.read_text().strip()
+    if not lead:
+        return None, None
     if resume:
         err_console.print(
             "[yellow]resume=true but no interrupted training of this config: starting fresh[/]"

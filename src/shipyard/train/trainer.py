@@ -16,9 +16,14 @@ LAST = "last"
 
 
 def build_trainer(
-    cfg: DictConfig, checkpoint_dir: Path, loggers: list[Any]
+    cfg: DictConfig,
+    checkpoint_dir: Path,
+    loggers: list[Any],
+    *,
+    callbacks: list[Any] | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with best/last checkpointing, optional early stopping and the given loggers."""
+    """A Trainer with best/last checkpointing, optional early stopping, the given loggers and
+    any extra ``callbacks``."""
     trainer_cfg = cfg.trainer
     monitor = str(trainer_cfg.monitor)
     mode = "min" if monitor.endswith(("loss", "mae", "rmse")) else "max"
@@ -31,7 +36,7 @@ def build_trainer(
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks: list[Any] = [checkpoint]
+    callbacks = [checkpoint, *(callbacks or [])]
     if trainer_cfg.get("early_stopping_patience") is not None:
         callbacks.append(
             EarlyStopping(
@@ -59,6 +64,12 @@ def build_trainer(
 
 
 def _limits(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """Pass batch limits only when they limit (Lightning logs a line for every explicit 1.0)."""
+    """Pass batch limits only when they limit (Lightning logs a line for every explicit 1.0).
+
+    The int 1 (one batch) limits: it equals 1.0, so it is told apart by type."""
     keys = ("limit_train_batches", "limit_val_batches")
-    return {k: trainer_cfg[k] for k in keys if trainer_cfg.get(k) not in (None, 1.0)}
+    return {k: trainer_cfg[k] for k in keys if not _all_batches(trainer_cfg.get(k))}
+
+
+def _all_batches(limit: Any) -> bool:
+    return limit is None or (isinstance(limit, float) and limit == 1.0)
