@@ -50,6 +50,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
             "sweep.space.model.lr: low (0.1) must not be greater than high (0.01)",
         ),
         (("sweep=nope",), "unknown sweep 'nope': choose one of cnn, default"),
+        (("trainer=ddp",), "a sweep cannot train with trainer.strategy=ddp"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

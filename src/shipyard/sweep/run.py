@@ -164,6 +164,13 @@ def check_inputs(base: Any) -> tuple[str, tuple[str, str], str]:
     from shipyard.tasks.base import OutputKind, primary_metric
     from shipyard.train.run import check_data, check_model, resolve_snapshot
 
+    if str(base.trainer.strategy).startswith("ddp"):
+        # Lightning's DDP launcher re-runs the whole command in every rank: each rank would
+        # run the sweep itself. Trials are parallel with --jobs, one process each.
+        raise ConfigError(
+            f"a sweep cannot train with trainer.strategy={base.trainer.strategy}: run trials "
+            "in parallel with --jobs J instead (one process per trial)"
+        )
     task = get_task(str(base.task.name))
     check_model(task, base)
     snapshot = resolve_snapshot(base)
