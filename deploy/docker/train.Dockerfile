@@ -15,6 +15,10 @@ ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 # Where torch comes from: PyTorch's CPU index by default (the PyPI wheel is the CUDA build,
 # several GB); empty: the index pip is configured with.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# pip's own settings pass through as build arguments: PIP_EXTRA_INDEX_URL (space-separated
+# indexes, e.g. a local mirror mounted for the build) and PIP_FIND_LINKS.
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
 # Extras to install: train (training, tracking, export) plus e.g. monitor, wandb, s3.
 ARG EXTRAS=train
 ENV PIP_CERT=${PIP_CERT} \
