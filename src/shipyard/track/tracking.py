@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from shipyard.errors import NotFoundError
+from shipyard.errors import ConfigError, NotFoundError
 
 # Tags every Shipyard run carries; later stages read them instead of paths on disk.
 TAG_SNAPSHOT = "shipyard.snapshot_id"
@@ -35,6 +35,14 @@ ARTIFACT_CHECKPOINT = "checkpoints/best.ckpt"
 # export is cached on (see shipyard.track.lineage.export_fingerprint).
 TAG_PACKAGE_SHA = "shipyard.package_sha256"
 TAG_EXPORT = "shipyard.export_fingerprint"
+# What MLflow imports to reach an artifact store, by URL scheme, and the package that has
+# it. MLflow imports it only when the first artifact is written -- for `train`, after the
+# whole training -- so Shipyard checks before anything starts. (MLflow uses these clients,
+# not fsspec: gs:// needs google-cloud-storage here, gcsfs for the snapshot store.)
+ARTIFACT_CLIENTS = {
+    "s3": ("boto3", "boto3"),
+    "gs": ("google.cloud.storage", "google-cloud-storage"),
+}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -47,6 +55,27 @@ def artifact_location(cfg: DictConfig) -> str:
     if cfg.tracking.get("artifacts"):
         return str(cfg.tracking.artifacts)
     return (Path(str(cfg.paths.home)) / "mlartifacts").as_uri()
+
+
+def require_artifact_client(uri: str) -> None:
+    """Raise a one-line :class:`ConfigError` when MLflow cannot reach the artifact store at
+    ``uri`` because its client library is not installed (``pip install ...`` in the message)."""
+    import importlib.util
+
+    scheme, separator, _ = uri.partition("://")
+    needed = ARTIFACT_CLIENTS.get(scheme) if separator else None
+    if needed is None:
+        return
+    module, package = needed
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package (google.cloud) is missing too
+        found = False
+    if not found:
+        raise ConfigError(
+            f"MLflow artifacts at {uri} need the {package} package, which is not installed: "
+            f"pip install {package}"
+        )
 
 
 def client(cfg: DictConfig) -> Any:
@@ -72,12 +101,15 @@ def experiment_id(cfg: DictConfig) -> str:
     name = str(cfg.tracking.experiment)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        require_artifact_client(str(experiment.artifact_location))
         return str(experiment.experiment_id)
     remote = tracking_uri(cfg).startswith(("http://", "https://", "databricks"))
     if remote and not cfg.tracking.get("artifacts"):
         # A tracking server owns its artifact store; a path on this machine would be wrong there.
         return str(mlflow_client.create_experiment(name))
-    return str(mlflow_client.create_experiment(name, artifact_location=artifact_location(cfg)))
+    location = artifact_location(cfg)
+    require_artifact_client(location)  # before the experiment exists with an unusable store
+    return str(mlflow_client.create_experiment(name, artifact_location=location))
 
 
 def get_run(cfg: DictConfig, run_id: str) -> Any:
@@ -122,6 +154,9 @@ def download(cfg: DictConfig, run_id: str, artifact_path: str) -> Path:
     target = Path(tempfile.mkdtemp(prefix="shipyard-artifact-"))
     try:
         return Path(client(cfg).download_artifacts(run_id, artifact_path, str(target)))
+    except ImportError:  # the run's store needs a client library this machine lacks
+        require_artifact_client(str(get_run(cfg, run_id).info.artifact_uri))
+        raise
     except (MlflowException, OSError) as exc:
         raise NotFoundError(
             f"run {run_id} has no artifact {artifact_path!r}: was it trained by Shipyard?"

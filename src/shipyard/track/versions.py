@@ -155,6 +155,7 @@ def download(cfg: DictConfig, source: str, into: Path) -> ModelPackage:
     """Download the package folder at ``source`` into ``into`` and verify its checksums."""
     import mlflow.artifacts
 
+    tracking.require_artifact_client(source)  # else: an ImportError blamed on the package
     try:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=source, dst_path=str(into), tracking_uri=tracking.tracking_uri(cfg)
