@@ -830,6 +830,6 @@ def test_unknown_source_is_a_config_error(compose: Compose) -> None:
     with pytest.raises(ConfigError) as exc:
         load_source(cfg.data)
     assert (
-        "unknown data source 'nope': choose one of digits, folder, huggingface, table, wine"
-        in one_line(exc)
+        "unknown data source 'nope': choose one of bbc_news, digits, folder, huggingface, "
+        "table, text_folder, text_table, wine" in one_line(exc)
     )

@@ -178,3 +178,26 @@ def test_scenarios_import_neither_torch_nor_evidently() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_text_scenarios_shift_what_the_monitor_sees() -> None:
+    """Typos keep the length and change letters; the feature shift cuts texts to their first
+    words (at least three); labels and row counts stay."""
+    from shipyard.monitor.scenarios import apply_scenario
+    from shipyard.tasks.text import TextTask
+
+    texts = [" ".join(f"word{i}" for i in range(40)), "short text here and there", ""]
+    frame, labels = pd.DataFrame({"text": texts}), np.array([0, 1, 0])
+    rng = np.random.default_rng(0)
+    noisy, same = apply_scenario("noise", frame, labels, kind="text", rng=rng)
+    assert [len(t) for t in noisy["text"]] == [len(t) for t in texts]
+    assert noisy["text"][0] != texts[0]
+    assert noisy["text"][2] == ""
+    assert same.tolist() == labels.tolist()
+    cut, _ = apply_scenario("feature-shift", frame, labels, kind="text", rng=rng)
+    assert [len(t.split()) for t in cut["text"]] == [8, 3, 0]
+    before = TextTask().monitor_features(frame["text"].tolist())
+    after = TextTask().monitor_features(cut["text"].tolist())
+    assert after["words"].iloc[0] < before["words"].iloc[0]
+    clean, _ = apply_scenario("clean", frame, labels, kind="text", rng=rng)
+    assert clean["text"].tolist() == texts

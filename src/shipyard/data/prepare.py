@@ -157,6 +157,8 @@ def build_manifest(
             "channels": channels,
             "dtype": "uint8",
         }
+    elif dataset.kind is DataKind.TEXT:
+        features_schema = {"kind": "text", "column": "text", "dtype": "str"}
     else:
         features_schema = {
             "kind": "table",

@@ -3,7 +3,7 @@
 A snapshot is a folder named by the hash of its content::
 
     <root>/<id>/manifest.json          source, counts, class balance, schema, hash, time
-    <root>/<id>/{train,val,test}/      features.npy (images) or features.parquet (tables), target.npy
+    <root>/<id>/{train,val,test}/      features.npy (images) or features.parquet (tables, text), target.npy
     <root>/<id>/reference/             the drift reference: monitor features of the training split
 
 The id hashes the split data (and what the target means), not paths or times, so the
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from shipyard import __version__
-from shipyard.errors import NotFoundError
+from shipyard.errors import ConfigError, NotFoundError
 from shipyard.tasks.base import DataKind, Split
 
 SPLITS = ("train", "val", "test")
@@ -82,7 +82,12 @@ class SnapshotStore:
         import fsspec
 
         self.url = root
-        self.fs, self.root = fsspec.core.url_to_fs(root)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(root)
+        except ImportError as exc:  # fsspec knows the scheme; its library is not installed
+            raise ConfigError(_missing_filesystem(root, exc)) from None
+        except ValueError as exc:  # "Protocol not known: ..."
+            raise ConfigError(f"cannot open the snapshot store {root}: {exc}") from None
 
     def path(self, snapshot_id: str) -> str:
         return f"{self.root.rstrip('/')}/{snapshot_id}"
@@ -231,11 +236,29 @@ class SnapshotStore:
         return manifest
 
 
+def _missing_filesystem(root: str, exc: ImportError) -> str:
+    """One line naming the package to install for a bucket URL (gcsfs for ``gs://``, s3fs
+    for ``s3://``, adlfs for ``az://``): the library that fsspec's registry names for it."""
+    from fsspec.core import split_protocol
+    from fsspec.registry import known_implementations
+
+    protocol = split_protocol(root)[0] or "file"
+    implementation = str(known_implementations.get(protocol, {}).get("class", ""))
+    package = implementation.split(".", 1)[0]
+    if not package:
+        return f"cannot open the snapshot store {root}: {exc}"
+    return (
+        f"the snapshot store {root} needs the {package} package, which is not installed: "
+        f"pip install {package}"
+    )
+
+
 def content_hash(splits: dict[str, Split], meaning: dict[str, Any]) -> str:
     """SHA-256 over the split data and what the target means, in a canonical form.
 
     Tables hash column names and float64 values (not Parquet bytes, whose metadata
-    varies between library versions); arrays hash dtype, shape and bytes.
+    varies between library versions), text columns their UTF-8 bytes with each text's
+    length; arrays hash dtype, shape and bytes.
     """
     digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode())
     for name in sorted(splits):
@@ -253,9 +276,24 @@ def _canonical_arrays(split: Split) -> list[tuple[str, np.ndarray]]:
         arrays.append(("features", split.features))
     else:
         for column in split.features.columns:
-            arrays.append((f"column:{column}", split.features[column].to_numpy(dtype=np.float64)))
+            values = split.features[column]
+            if values.dtype == object or str(values.dtype).startswith("string"):
+                arrays.extend(_text_arrays(str(column), values.astype(str).tolist()))
+            else:
+                arrays.append((f"column:{column}", values.to_numpy(dtype=np.float64)))
     arrays.append(("target", split.target))
     return arrays
+
+
+def _text_arrays(column: str, texts: list[str]) -> list[tuple[str, np.ndarray]]:
+    """A text column in canonical form: every text's UTF-8 length, then all the bytes (the
+    lengths make ["ab", "c"] and ["a", "bc"] differ)."""
+    encoded = [t.encode("utf-8") for t in texts]
+    lengths = np.array([len(b) for b in encoded], dtype=np.int64)
+    return [
+        (f"text:{column}:lengths", lengths),
+        (f"text:{column}:bytes", np.frombuffer(b"".join(encoded), dtype=np.uint8)),
+    ]
 
 
 def now_iso() -> str:

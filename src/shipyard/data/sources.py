@@ -3,7 +3,9 @@
 * ``digits`` / ``wine`` — scikit-learn's bundled data, no network (the defaults).
 * ``folder`` — an image folder with one sub-folder per class.
 * ``table`` — a CSV or Parquet file with a named target column.
-* ``huggingface`` — anything ``datasets.load_dataset`` reads.
+* ``huggingface`` — anything ``datasets.load_dataset`` reads (images with
+  ``data.image_column``, texts with ``data.text_column``).
+* ``bbc_news``, ``text_table``, ``text_folder`` — texts (:mod:`shipyard.data.text_sources`).
 """
 
 from __future__ import annotations
@@ -307,6 +309,15 @@ def read_huggingface(data_cfg: DictConfig) -> Dataset:
     image_column = data_cfg.get("image_column")
     if image_column:
         return _hf_images(loaded, data_cfg, str(image_column), source)
+    if data_cfg.get("text_column"):
+        from shipyard.data.text_sources import frame_dataset
+
+        frame = loaded.to_pandas()
+        names = _class_names(loaded, target)
+        if names:
+            frame[target] = [_label_name(names, v) for v in frame[target]]
+            frame = frame[frame[target].notna()]
+        return frame_dataset(frame, data_cfg, source)
     wanted = data_cfg.get("features")
     for column, feature in loaded.features.items():
         if isinstance(feature, datasets.Image) and (not wanted or column in wanted):
@@ -422,10 +433,21 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
+def _text_sources() -> dict[str, Callable[[DictConfig], Dataset]]:
+    from shipyard.data import text_sources
+
+    return {
+        "bbc_news": text_sources.read_bbc_news,
+        "text_table": text_sources.read_text_table,
+        "text_folder": text_sources.read_text_folder,
+    }
+
+
 SOURCES: dict[str, Callable[[DictConfig], Dataset]] = {
     "digits": read_digits,
     "wine": read_wine,
     "folder": read_folder,
     "table": read_table,
     "huggingface": read_huggingface,
+    **_text_sources(),
 }

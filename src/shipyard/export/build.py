@@ -23,19 +23,22 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from shipyard.config import to_container
+from shipyard.config import local_folder, to_container
 from shipyard.export.latency import measure_latency
 from shipyard.export.onnx_export import ParityError, check_parity, export_onnx, run_onnx
 from shipyard.export.package import (
     MANIFEST,
+    TOKENIZER_FILE,
     GraphSpec,
     Lineage,
     Manifest,
     ModelPackage,
     ParityReport,
     TensorSpec,
+    TokenizerSpec,
     checksums,
     describe_graph,
+    input_schema,
     save_package,
     sha256_file,
 )
@@ -53,6 +56,13 @@ __all__ = ["ExportResult", "export_fingerprint", "export_run", "resolve_run_id"]
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 ARTIFACT_DIR = "package"
+# paths.packages is the local, staged copy (renamed into place, which object stores cannot
+# do); the copy that the registry and every server use is the run's artifact, which lives
+# wherever tracking.artifacts says -- so that is the key that puts packages in a bucket.
+PACKAGES_HINT = (
+    ": a package reaches a bucket as its run's `package/` artifact, so set "
+    "tracking.artifacts=s3://BUCKET/PREFIX (or gs://...) and keep paths.packages local"
+)
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,12 @@ def export_run(cfg: DictConfig, run_id: str | None = None) -> ExportResult:
     Raises :class:`ParityError` (nothing written) when ONNX Runtime does not reproduce
     PyTorch within ``export.parity_tolerance`` on the whole test split.
     """
+    # Checked first, before anything is loaded: a bucket URL here is a misunderstanding,
+    # not a place to write (the package reaches the bucket as the run's artifact).
+    packages = local_folder(cfg.paths.packages, "paths.packages", PACKAGES_HINT)
     quantize = check_quantize(cfg.get("quantize"))
     run_id = resolve_run_id(cfg, run_id)
     loaded = load_run_model(cfg, run_id)
-    packages = Path(str(cfg.paths.packages))
     packages.mkdir(parents=True, exist_ok=True)
     # Inside the packages folder, so the final rename never crosses a filesystem; the
     # leading dot keeps it out of listings of packages.
@@ -137,7 +149,10 @@ def _assemble(
     quantize: str | None,
 ) -> tuple[ModelPackage, Method | None]:
     task = get_task(str(loaded.run_cfg.task.name))
-    schema = loaded.schema
+    # Files the torch-free input needs (text: the tokenizer) go in first, so that every
+    # model input below is built by the package's own files, as the server will build it.
+    input_files = _input_files(loaded, staging)
+    schema = input_schema(staging, loaded.schema)
     kind = OutputKind(schema["target"]["kind"])
     test = loaded.snapshot.load("test")
     train = loaded.snapshot.load("train")
@@ -153,6 +168,8 @@ def _assemble(
         fp32,
         kind,
         with_embedding=task.exports_embedding,
+        input_name=task.input_name,
+        dynamic_axes=task.dynamic_axes,
     )
     parity = check_parity(
         loaded.model, fp32, torch.from_numpy(rows), kind, float(cfg.export.parity_tolerance)
@@ -182,7 +199,9 @@ def _assemble(
     method: Method | None = None
     if quantize == "int8":
         int8 = staging / INT8_FILE
-        method = quantize_int8(fp32, int8, calibration_rows(cfg, task, train, schema))
+        method = quantize_int8(
+            fp32, int8, calibration_rows(cfg, task, train, schema), input_name=task.input_name
+        )
         graphs.append(graph(int8, "int8"))
 
     extra = _copy_confusion_matrix(cfg, run_id, staging)
@@ -192,6 +211,7 @@ def _assemble(
         labels=schema["target"].get("labels"),
         input=_input_spec(task, schema),
         outputs=_output_specs(fp32, probe[:2], schema),
+        tokenizer=_tokenizer_spec(staging, input_files),
         graphs=graphs,
         metrics={k: float(v) for k, v in loaded.run.data.metrics.items() if k.startswith("test_")},
         parity=ParityReport(**parity.as_dict()),
@@ -201,7 +221,8 @@ def _assemble(
     )
     # The report shows the manifest, so it is rendered first; its checksum then joins it.
     (staging / REPORT).write_text(render_report(manifest, staging), encoding="utf-8")
-    manifest = manifest.model_copy(update={"files": checksums(staging, [*extra, REPORT])})
+    files = checksums(staging, [*input_files, *extra, REPORT])
+    manifest = manifest.model_copy(update={"files": files})
     return save_package(staging, manifest, destination), method
 
 
@@ -214,8 +235,37 @@ def _copy_confusion_matrix(cfg: DictConfig, run_id: str, staging: Path) -> list[
     return [CONFUSION_MATRIX]
 
 
+def _input_files(loaded: RunModel, staging: Path) -> list[str]:
+    """Write what the training half says the package needs for its input (text: the
+    ``tokenizer.json`` of the model's tokenizer); their names, for the checksums."""
+    write = getattr(loaded.half, "package_files", None)
+    return list(write(staging)) if write is not None else []
+
+
+def _tokenizer_spec(staging: Path, files: list[str]) -> TokenizerSpec | None:
+    """The manifest's view of the package's tokenizer: its file and the limits written in it."""
+    import json
+
+    if TOKENIZER_FILE not in files:
+        return None
+    data = json.loads((staging / TOKENIZER_FILE).read_text(encoding="utf-8"))
+    return TokenizerSpec(
+        file=TOKENIZER_FILE,
+        max_length=int(data["truncation"]["max_length"]),
+        pad_id=int(data["padding"]["pad_id"]),
+    )
+
+
 def _input_spec(task: Task, schema: dict[str, Any]) -> TensorSpec:
     features = schema["features"]
+    if features.get("kind") == "text":
+        return TensorSpec(
+            name=task.input_name,
+            dtype=task.input_dtype,
+            shape=[None, None],
+            description="token ids (rows, tokens) from the package's tokenizer.json, padded "
+            "with its pad id to the longest text (the graph masks the padding)",
+        )
     if features.get("kind") == "image":
         shape = [None, int(features["height"]), int(features["width"]), int(features["channels"])]
         return TensorSpec(

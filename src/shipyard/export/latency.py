@@ -31,18 +31,32 @@ def batch_of(rows: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(tiled[:size])
 
 
-def time_session(session: Any, batch: np.ndarray, repeats: int) -> Latency:
+#: seconds of timed calls per batch size at most (after MIN_TIMED calls): a transformer's
+#: batch of 128 texts takes seconds a call, and 30 of them would stretch an export by minutes
+BUDGET_S = 5.0
+MIN_TIMED = 3
+
+
+def time_session(
+    session: Any, batch: np.ndarray, repeats: int, budget_s: float = BUDGET_S
+) -> Latency:
     """One warm-up call (ORT allocates and picks kernels on the first), then ``repeats``
-    timed calls computing every output, as the server would."""
+    timed calls computing every output, as the server would -- fewer (at least
+    ``MIN_TIMED``) when they would take longer than ``budget_s`` in all."""
     if repeats < 1:
         raise ConfigError(f"export.latency.repeats must be at least 1, got {repeats}")
     feed = {session.get_inputs()[0].name: batch}
     session.run(None, feed)
-    times = np.empty(repeats, dtype=np.float64)
+    samples: list[float] = []
+    spent = 0.0
     for i in range(repeats):
+        if i >= MIN_TIMED and spent > budget_s:
+            break
         started = time.perf_counter()
         session.run(None, feed)
-        times[i] = time.perf_counter() - started
+        samples.append(time.perf_counter() - started)
+        spent += samples[-1]
+    times = np.asarray(samples, dtype=np.float64)
     p50 = float(np.percentile(times, 50))
     return Latency(
         p50_ms=p50 * 1e3,
@@ -62,5 +76,7 @@ def measure_latency(
             f"export.latency.batch_sizes must be positive integers, got {list(batch_sizes)}"
         )
     session = onnx_session(path, threads)
-    rows = np.asarray(rows, dtype=np.float32)
+    rows = np.asarray(rows)
+    if rows.dtype.kind == "f":
+        rows = rows.astype(np.float32, copy=False)
     return {size: time_session(session, batch_of(rows, size), repeats) for size in sizes}

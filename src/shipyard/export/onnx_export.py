@@ -1,7 +1,7 @@
 """Write a task model as ONNX (preprocessing inside, dynamic batch) and prove it matches PyTorch.
 
 The exported graph takes the same raw features the task's training half produces (image
-pixels 0..255 NHWC, table columns in schema order) and returns ``probabilities`` (classes,
+pixels 0..255 NHWC, table columns in schema order, token ids for text) and returns ``probabilities`` (classes,
 softmax inside the graph) or ``value`` (numbers), plus ``embedding`` — the penultimate
 vector that the drift monitor compares — for tasks that declare it.
 """
@@ -49,11 +49,24 @@ def output_names(kind: OutputKind, with_embedding: bool) -> list[str]:
 
 
 def export_onnx(
-    model: nn.Module, sample: Tensor, path: Path, kind: OutputKind, *, with_embedding: bool
+    model: nn.Module,
+    sample: Tensor,
+    path: Path,
+    kind: OutputKind,
+    *,
+    with_embedding: bool,
+    input_name: str = INPUT,
+    dynamic_axes: tuple[int, ...] = (0,),
 ) -> list[str]:
-    """Trace ``model`` on ``sample`` into ``path`` with a dynamic batch axis; returns the output names."""
+    """Trace ``model`` on ``sample`` into ``path``; returns the output names.
+
+    The input's ``dynamic_axes`` (the task's: the batch, and for token ids the sequence)
+    stay dynamic in the graph; every output's batch axis does.
+    """
     graph = ExportGraph(model, kind, with_embedding).eval()
     names = output_names(kind, with_embedding)
+    axis_names = {0: "batch", 1: "sequence"}
+    axes = {input_name: {a: axis_names.get(a, f"axis{a}") for a in dynamic_axes}}
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.partial")
     with torch.no_grad():
@@ -61,9 +74,9 @@ def export_onnx(
             graph,
             (sample,),
             str(staged),
-            input_names=[INPUT],
+            input_names=[input_name],
             output_names=names,
-            dynamic_axes={name: {0: "batch"} for name in [INPUT, *names]},
+            dynamic_axes=axes | {name: {0: "batch"} for name in names},
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter: parity ~1e-6 on these models, no onnxscript needed
         )
@@ -79,7 +92,9 @@ def run_onnx(path: Path, features: np.ndarray, threads: int = 1) -> dict[str, np
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {INPUT: features.astype(np.float32)})
+    graph_input = session.get_inputs()[0]
+    dtype = np.int64 if graph_input.type == "tensor(int64)" else np.float32
+    values = session.run(names, {graph_input.name: np.ascontiguousarray(features, dtype=dtype)})
     return dict(zip(names, values, strict=True))
 
 

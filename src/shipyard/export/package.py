@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shipyard.errors import UserError
 
 MANIFEST = "manifest.json"
+#: a text package's tokenizer, beside its graphs (the same name as tasks.text.tokenizer's)
+TOKENIZER_FILE = "tokenizer.json"
 FORMAT = 1
 REEXPORT_HINT = "re-create it with `shipyard export run=RUN_ID`"
 
@@ -94,6 +96,20 @@ class Lineage(_Strict):
     config_fingerprint: str | None = None
 
 
+class TokenizerSpec(_Strict):
+    """Text packages: the tokenizer file that turns a text into the graph's token ids. The
+    file itself (Hugging Face's ``tokenizer.json``) carries these settings too; they are
+    repeated here so that a reader of the manifest sees the input's limits."""
+
+    file: str = "tokenizer.json"
+    #: tokens per text at most, special tokens included; longer texts are truncated
+    max_length: int
+    #: the id that pads a batch to its longest text (the graph masks it)
+    pad_id: int
+    #: the library that reads ``file`` at serve time
+    library: str = "tokenizers"
+
+
 class Manifest(_Strict):
     format: int = FORMAT
     task: str
@@ -101,6 +117,8 @@ class Manifest(_Strict):
     labels: list[str] | None = None
     input: TensorSpec
     outputs: list[TensorSpec]
+    #: text packages: how texts become ``input``; its file is listed in ``files``
+    tokenizer: TokenizerSpec | None = None
     graphs: list[GraphSpec]
     #: test metrics of the trained PyTorch model (``test_accuracy``, ...)
     metrics: dict[str, float]
@@ -136,6 +154,14 @@ class ModelPackage:
 
     def __repr__(self) -> str:
         return f"ModelPackage({str(self.path)!r}, task={self.manifest.task!r})"
+
+
+def input_schema(folder: Path, schema: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot ``schema`` completed with what the package in ``folder`` carries for
+    building its input: ``tokenizer`` (the path of its ``tokenizer.json``) when it has one.
+    ``Task.model_input`` of a text task needs it; other tasks ignore it."""
+    tokenizer = Path(folder) / TOKENIZER_FILE
+    return schema | {"tokenizer": str(tokenizer)} if tokenizer.is_file() else schema
 
 
 def sha256_file(path: Path) -> str:

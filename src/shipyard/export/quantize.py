@@ -75,7 +75,11 @@ def check_quantize(value: Any) -> str | None:
 
 
 def quantize_int8(
-    fp32: Path, out: Path, calibration: np.ndarray, method: Method = "static"
+    fp32: Path,
+    out: Path,
+    calibration: np.ndarray,
+    method: Method = "static",
+    input_name: str = "features",
 ) -> Method:
     """Write the int8 version of the graph at ``fp32`` to ``out``; returns the method used.
 
@@ -90,12 +94,15 @@ def quantize_int8(
         raise ConfigError(f"unknown quantisation method {method!r}: choose one of {METHODS}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
+        # ORT's symbolic shape inference gives up on a transformer's dynamic sequence axis
+        # (capped at its position limit) and then drops its partial model into the working
+        # directory; ONNX's own shape inference is enough for the quantiser there.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=_dynamic_beyond_batch(fp32))
         if method == "static":
             quantize_static(
                 str(prepared),
                 str(out),
-                _Rows(calibration),
+                _Rows(calibration, input_name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
@@ -107,12 +114,25 @@ def quantize_int8(
     return method
 
 
+def _dynamic_beyond_batch(path: Path) -> bool:
+    """Whether a graph input has a dynamic axis besides the batch (token ids' sequence)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(
+        dim.dim_param or not dim.HasField("dim_value")
+        for graph_input in model.graph.input
+        for dim in list(graph_input.type.tensor_type.shape.dim)[1:]
+    )
+
+
 class _Rows(CalibrationDataReader):
     """Calibration rows in batches of ``CALIBRATION_BATCH``."""
 
-    def __init__(self, rows: np.ndarray, input_name: str = "features") -> None:
+    def __init__(self, rows: np.ndarray, input_name: str) -> None:
+        dtype = np.int64 if rows.dtype.kind in "iu" else np.float32
         self._batches = [
-            {input_name: np.ascontiguousarray(rows[i : i + CALIBRATION_BATCH], dtype=np.float32)}
+            {input_name: np.ascontiguousarray(rows[i : i + CALIBRATION_BATCH], dtype=dtype)}
             for i in range(0, len(rows), CALIBRATION_BATCH)
         ]
         self._iter: Iterator[dict[str, np.ndarray]] = iter(self._batches)

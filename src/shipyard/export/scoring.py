@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.export.package import input_schema
 from shipyard.tasks import get_task
 from shipyard.tasks.base import OutputKind, Split
 
@@ -50,7 +51,8 @@ def score_onnx(
 
     kind = OutputKind(schema["target"]["kind"])
     labels = schema["target"].get("labels")
-    features = get_task(task_name).model_input(split.features, schema)
+    # What the package carries for its input (a tokenizer) lies beside the graph.
+    features = get_task(task_name).model_input(split.features, input_schema(path.parent, schema))
     outputs = torch.from_numpy(predict_onnx(path, features, threads))
     target = torch.as_tensor(split.target)
     if kind is OutputKind.CLASSES:

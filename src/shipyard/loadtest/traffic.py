@@ -76,8 +76,13 @@ class ServedModel:
     columns: tuple[str, ...]
     labels: tuple[str, ...]
 
+    #: the V2 datatype of the input: BYTES for text models (the server tokenises)
+    datatype: str = "FP32"
+
     @property
     def kind(self) -> DataKind:
+        if self.datatype == "BYTES":
+            return DataKind.TEXT
         return DataKind.TABLE if self.columns else DataKind.IMAGE
 
     def describe(self) -> str:
@@ -123,6 +128,7 @@ def probe(url: str, timeout_s: float = 5.0) -> ServedModel:
         input_shape=tuple(int(d) for d in spec["shape"][1:]),
         columns=tuple(params.get("columns") or ()),
         labels=tuple(str(label) for label in params.get("labels") or ()),
+        datatype=str(spec.get("datatype", "FP32")),
     )
 
 
@@ -131,7 +137,13 @@ def check_fits(model: ServedModel, snapshot: Snapshot) -> None:
     features = snapshot.manifest["schema"]["features"]
     where = f"the server's model {model.describe()}"
     fix = "pass the snapshot it was trained on (--snapshot ID, or task=... overrides)"
-    if snapshot.kind is DataKind.IMAGE:
+    if snapshot.kind is DataKind.TEXT or model.kind is DataKind.TEXT:
+        if snapshot.kind is not model.kind:
+            holds = "texts" if snapshot.kind is DataKind.TEXT else f"{snapshot.kind.value} rows"
+            raise UserError(
+                f"{where} takes {_takes(model)} but snapshot {snapshot.id} holds {holds}: {fix}"
+            )
+    elif snapshot.kind is DataKind.IMAGE:
         shape = (int(features["height"]), int(features["width"]), int(features["channels"]))
         if model.kind is not DataKind.IMAGE or model.input_shape != shape:
             takes = _takes(model)
@@ -157,6 +169,8 @@ def check_fits(model: ServedModel, snapshot: Snapshot) -> None:
 
 
 def _takes(model: ServedModel) -> str:
+    if model.kind is DataKind.TEXT:
+        return "texts"
     if model.kind is DataKind.TABLE:
         return f"table rows with {len(model.columns)} columns ({_few(model.columns)})"
     return f"images {list(model.input_shape)}"
@@ -270,8 +284,8 @@ def _label_texts(snapshot: Snapshot, target: np.ndarray) -> list[str | float]:
 
 
 def instances(rows: Rows, start: int, stop: int) -> list[Any]:
-    """JSON-ready ``/predict`` instances: ``[h][w]`` (or ``[h][w][c]``) pixels, or
-    ``{column: number or null}``."""
+    """JSON-ready ``/predict`` instances: ``[h][w]`` (or ``[h][w][c]``) pixels,
+    ``{column: number or null}``, or texts."""
     if rows.kind is DataKind.IMAGE:
         images = _compact(rows.features[start:stop])
         if images.shape[-1] == 1:
@@ -279,6 +293,8 @@ def instances(rows: Rows, start: int, stop: int) -> list[Any]:
         out: list[Any] = images.tolist()
         return out
     frame = rows.features.iloc[start:stop]
+    if rows.kind is DataKind.TEXT:
+        return [str(text) for text in frame["text"].tolist()]
     return [
         {str(k): (None if v != v else float(v)) for k, v in record.items()}  # NaN: missing
         for record in frame.to_dict("records")
@@ -290,7 +306,17 @@ def predict_body(rows: Rows, start: int, stop: int) -> bytes:
 
 
 def infer_body(rows: Rows, start: int, stop: int, model: ServedModel) -> bytes:
-    """An Open Inference Protocol request: one FP32 tensor, in the model's column order."""
+    """An Open Inference Protocol request: one FP32 tensor (in the model's column order), or
+    one BYTES tensor of texts."""
+    if rows.kind is DataKind.TEXT:
+        texts = instances(rows, start, stop)
+        tensor = {
+            "name": model.input_name,
+            "shape": [len(texts)],
+            "datatype": "BYTES",
+            "data": texts,
+        }
+        return json.dumps({"inputs": [tensor]}).encode()
     if rows.kind is DataKind.IMAGE:
         array = _compact(rows.features[start:stop])
         data: list[Any] = array.ravel().tolist()

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from shipyard.data.snapshot import Snapshot, SnapshotStore
 from shipyard.errors import NotFoundError, UserError
-from shipyard.export.package import MANIFEST, ModelPackage, sha256_file
+from shipyard.export.package import MANIFEST, ModelPackage, input_schema, sha256_file
 from shipyard.tasks import get_task
 from shipyard.tasks.base import OutputKind
 
@@ -116,7 +116,7 @@ def _score(
     else:
         sample = np.asarray(features)[rows]
     model = ServedModel.load(package, name="reference", version="0", precision=precision)
-    inputs = task.model_input(sample, snapshot.manifest["schema"])
+    inputs = task.model_input(sample, input_schema(package.path, snapshot.manifest["schema"]))
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(inputs), BATCH):
         for name, value in model.run(inputs[start : start + BATCH]).items():

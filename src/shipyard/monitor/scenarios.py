@@ -10,7 +10,8 @@ in the docs, the tests and a user's terminal.
 NumPy and pandas only (no torch, no Evidently): the simulator imports this module.
 
 Images are uint8 pixel arrays shaped (rows, height, width, channels), 0..255, as the image
-task's snapshot stores them; tables are DataFrames of named numeric columns. Every
+task's snapshot stores them; tables are DataFrames of named numeric columns; texts are
+DataFrames with a ``text`` column. Every
 scenario returns copies (the input is never modified) with as many rows as it was given,
 and images stay uint8 in 0..255.
 
@@ -32,6 +33,9 @@ and images stay uint8 in 0..255.
   deviations, as when an upstream unit or pipeline changes. Images: the polarity flips
   (``(1 - s) * p + s * (255 - p)``, full negatives at strength 1), as when a scanner
   starts delivering white-on-black.
+* texts (``task=text``): ``noise`` replaces 15 % x strength of the letters with random ones
+  (typos, OCR); ``feature-shift`` cuts each text to its first 20 % of words at strength 1
+  (at least three): a client that sends headlines instead of articles.
 * ``label-shift`` — prior shift: rows are resampled with replacement so that the first
   class present (the lowest class index: digit 0, wine class_0) makes up
   ``0.5 + 0.4 x strength`` of the rows (90 % at strength 1) instead of its share, as when
@@ -56,6 +60,7 @@ SCENARIOS: tuple[str, ...] = ("clean", "noise", "brightness", "feature-shift", "
 APPLIES_TO: dict[DataKind, tuple[str, ...]] = {
     DataKind.IMAGE: SCENARIOS,
     DataKind.TABLE: ("clean", "noise", "feature-shift", "label-shift"),
+    DataKind.TEXT: ("clean", "noise", "feature-shift", "label-shift"),
 }
 
 IMAGE_NOISE_SIGMA = 40.0  # pixel levels (0..255) at strength 1
@@ -65,6 +70,9 @@ FEATURE_SHIFT_SIGMAS = 2.0  # column standard deviations at strength 1
 FEATURE_SHIFT_SHARE = 0.5  # share of the numeric columns that move
 LABEL_SHIFT_BASE = 0.5  # share of the favoured rows at strength 0 ...
 LABEL_SHIFT_PER_STRENGTH = 0.4  # ... plus this much per unit of strength (capped below 1)
+TEXT_TYPO_RATE = 0.15  # share of the letters replaced at strength 1
+TEXT_KEPT_WORDS = 0.2  # share of the words a feature-shifted text keeps at strength 1
+TEXT_MIN_WORDS = 3
 
 Features = np.ndarray | pd.DataFrame
 
@@ -128,12 +136,48 @@ def apply_scenario(
         return _shift_images(name, images, rng, strength), labels.copy()
     if not isinstance(features, pd.DataFrame):
         raise ScenarioError(
-            f"table features must be a pandas DataFrame, got {type(features).__name__}"
+            f"{data_kind.value} features must be a pandas DataFrame, got {type(features).__name__}"
         )
     if name == "label-shift":
         index = _label_shift_index(labels, rng, strength)
         return features.iloc[index].reset_index(drop=True), labels[index].copy()
+    if data_kind is DataKind.TEXT:
+        return _shift_texts(name, features, rng, strength), labels.copy()
     return _shift_table(name, features, rng, strength), labels.copy()
+
+
+# -- texts --------------------------------------------------------------------------------
+
+
+def _shift_texts(name: str, frame: pd.DataFrame, rng: np.random.Generator, s: float) -> Any:
+    """``noise``: typos, a share of the letters replaced by random ones (OCR or a noisy
+    source); ``feature-shift``: each text cut to its first words (a client that starts
+    sending headlines instead of articles)."""
+    shifted = frame.copy()
+    if name == "clean" or "text" not in frame.columns:
+        return shifted
+    texts = [str(t) for t in frame["text"].tolist()]
+    if name == "noise":
+        rate = min(TEXT_TYPO_RATE * s, 1.0)
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+        out = []
+        for text in texts:
+            if not text:
+                out.append(text)
+                continue
+            chars = np.array(list(text))
+            hit = (rng.random(len(chars)) < rate) & np.char.isalpha(chars)
+            chars[hit] = rng.choice(letters, size=int(hit.sum()))
+            out.append("".join(chars.tolist()))
+    else:
+        keep = max(0.0, 1.0 - (1.0 - TEXT_KEPT_WORDS) * min(s, 1.0))
+        out = []
+        for text in texts:
+            words = text.split()
+            count = max(TEXT_MIN_WORDS, round(keep * len(words)))
+            out.append(" ".join(words[:count]))
+    shifted["text"] = out
+    return shifted
 
 
 # -- images -------------------------------------------------------------------------------

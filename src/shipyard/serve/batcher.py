@@ -36,6 +36,10 @@ Rules worth knowing:
   models); the server bounds request size anyway.
 * A batch holds requests whose rows have the same per-row shape; a request of another
   shape waits for the next batch, so a malformed request cannot fail its neighbours.
+  Token ids (text models) are the exception: requests of different token lengths share
+  one call, padded to the longest with the model's pad id, which the graph masks (padding
+  to the batch's longest beat padding every text to ``max_length``: see
+  docs/architecture.md, "Text").
 * A model whose rows are not independent (``ServedModel.rows_independent`` is False:
   ORT's dynamic int8, which scales activations by the whole batch's range) gets one ORT
   call per request inside the batch's single thread hop. Otherwise one request with
@@ -213,7 +217,9 @@ class Batcher:
         whatever ORT raised for the batch it was in."""
         if self._task is None or self._closing or self._loop is None:
             raise BatcherClosed("the model server is shutting down", self._retry_after())
-        rows = np.asarray(rows, dtype=np.float32)
+        rows = np.asarray(rows)
+        if rows.dtype.kind != "i":  # token ids stay int64; everything else is float32
+            rows = rows.astype(np.float32, copy=False)
         if rows.ndim == 0 or len(rows) == 0:
             raise ValueError(f"a request needs at least one row, got shape {list(rows.shape)}")
         n = len(rows)
@@ -300,7 +306,8 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         """Whole requests from the head of the queue: up to ``max_batch_size`` rows of one
-        per-row shape (a single larger request alone); cancelled callers are dropped."""
+        per-row shape (a single larger request alone); cancelled callers are dropped.
+        Token ids of any length share a batch: ``_predict`` pads them to the longest."""
         taken: list[_Pending] = []
         total = 0
         while self._queue:
@@ -311,7 +318,7 @@ class Batcher:
                 self._queue_rows -= n
                 continue
             if taken and (
-                total + n > self.max_batch_size or head.rows.shape[1:] != taken[0].rows.shape[1:]
+                total + n > self.max_batch_size or not _joinable(head.rows, taken[0].rows)
             ):
                 break
             self._queue.popleft()
@@ -363,6 +370,25 @@ def _fail(batch: list[_Pending], exc: BaseException) -> None:
             pending.future.set_exception(exc)
 
 
+def _joinable(a: np.ndarray, b: np.ndarray) -> bool:
+    """Rows of one shape join; so do token ids (int64, rows x tokens) of any length."""
+    if a.shape[1:] == b.shape[1:]:
+        return a.dtype == b.dtype
+    return a.dtype.kind == b.dtype.kind == "i" and a.ndim == b.ndim == 2
+
+
+def _join(model: ServedModel, parts: list[np.ndarray]) -> np.ndarray:
+    """The requests' rows as one batch; token ids padded to the longest with the model's
+    pad id (the graph masks padding, so a text's answer does not depend on its batch)."""
+    if len(parts) == 1:
+        return parts[0]
+    if model.pad_id is not None and len({p.shape[1] for p in parts}) > 1:
+        from shipyard.tasks.text.tokenizer import pad_rows
+
+        return pad_rows(parts, model.pad_id)
+    return np.concatenate(parts)
+
+
 def _predict(model: ServedModel, parts: list[np.ndarray]) -> tuple[list[Outputs], float]:
     """In the worker thread: one ORT call on the requests' rows joined, split back per
     request (views, no copy). A model whose rows are not independent (dynamic int8) gets
@@ -371,7 +397,7 @@ def _predict(model: ServedModel, parts: list[np.ndarray]) -> tuple[list[Outputs]
     if not model.rows_independent:
         answers = [model.run(part) for part in parts]
         return answers, time.perf_counter() - started
-    outputs = model.run(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    outputs = model.run(_join(model, parts))
     seconds = time.perf_counter() - started
     answers = []
     offset = 0

@@ -252,11 +252,16 @@ def metadata(model: ServedModel) -> dict[str, Any]:
         parameters["labels"] = manifest.labels
     if manifest.input.columns:
         parameters["columns"] = manifest.input.columns
+    inputs = [tensor(manifest.input)]
+    if manifest.tokenizer is not None:
+        # Clients send texts; the server tokenises them into the graph's token ids.
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        parameters["max_length"] = manifest.tokenizer.max_length
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
-        "inputs": [tensor(manifest.input)],
+        "inputs": inputs,
         "outputs": [tensor(spec) for spec in manifest.outputs],
         "parameters": parameters,
     }

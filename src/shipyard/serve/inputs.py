@@ -50,13 +50,15 @@ class RequestError(UserError):
 
 #: JSON numbers decode to these; bool is excluded on purpose (``true`` is not a pixel)
 _NUMBER = (int, float)
+#: the V2 input of a text model: a BYTES tensor of UTF-8 texts, one per row
+TEXT_INPUT = "text"
 
 
 @dataclass(frozen=True)
 class InputLayout:
     """What one instance of the graph's input looks like, read from the manifest."""
 
-    kind: str  # "image" or "table"
+    kind: str  # "image", "table" or "text"
     #: per-instance shape: (height, width, channels) or (columns,)
     shape: tuple[int, ...]
     columns: tuple[str, ...] = ()
@@ -66,6 +68,9 @@ class InputLayout:
     def from_manifest(cls, manifest: Manifest) -> InputLayout:
         spec = manifest.input
         tail = tuple(int(d) if d is not None else -1 for d in spec.shape[1:])
+        if manifest.tokenizer is not None:
+            # Clients send texts (V2: a BYTES tensor named "text"); the server tokenises.
+            return cls("text", (), (), TEXT_INPUT)
         if spec.columns:
             return cls("table", (len(spec.columns),), tuple(spec.columns), spec.name)
         if len(tail) == 3:
@@ -88,6 +93,8 @@ class InputLayout:
 
     def expected(self) -> str:
         """What one instance must be, for messages: ``[8, 8] (height, width) of numbers 0..255``."""
+        if self.kind == "text":
+            return 'a non-empty string, or an object {"text": string}'
         if self.kind == "table":
             shown = ", ".join(self.columns[:8]) + (", ..." if len(self.columns) > 8 else "")
             return (

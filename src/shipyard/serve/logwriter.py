@@ -80,7 +80,12 @@ class RowBuilder:
     def rows(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[PredictionRow]:
         features = arrays["features"]
         columns: list[str] | None = header.get("columns")
-        monitor = self._monitor_features(header["task"], features, columns)
+        texts = header.get("raw") if columns is None else None
+        # Texts are described by their own statistics (the task's monitor features), not by
+        # the token ids the graph ran on.
+        monitor = self._monitor_features(
+            header["task"], texts if texts is not None else features, columns
+        )
         inputs = self._inputs(features, columns, header.get("raw"))
         n = len(features)
         labels: list[str] = header.get("labels") or []
@@ -134,9 +139,10 @@ class RowBuilder:
     def _inputs(
         features: np.ndarray, columns: list[str] | None, raw: list[Any] | None
     ) -> list[Any]:
-        """Tables raw (``{column: value}``, as sent); images as a digest {sha256, shape}."""
+        """Tables raw (``{column: value}``, as sent); texts as sent; images as a digest
+        {sha256, shape}."""
         if columns is None:
-            return image_digests(features)
+            return list(raw) if raw is not None else image_digests(features)
         raw = raw if raw is not None and len(raw) == len(features) else [None] * len(features)
         rows: list[Any] = []
         for value, numbers in zip(raw, features.astype(np.float64).tolist(), strict=True):
@@ -154,7 +160,7 @@ class RowBuilder:
         return rows
 
     def _monitor_features(
-        self, task_name: str, features: np.ndarray, columns: list[str] | None
+        self, task_name: str, features: Any, columns: list[str] | None
     ) -> list[dict[str, float]] | None:
         """One ``Task.monitor_features`` call over the frame: the same torch-free function
         that built the snapshot's drift reference, so live traffic and reference are

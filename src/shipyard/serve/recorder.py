@@ -254,7 +254,7 @@ def _predictions_frame(items: list[Answered]) -> bytes:
     for name in first.outputs:
         arrays[name] = np.concatenate([i.outputs[name] for i in items])
     raw: list[Any] | None = None
-    if first.columns is not None:
+    if first.columns is not None or first.raw is not None:  # tables and texts keep the input
         raw = []
         for item in items:
             raw.extend(item.raw if item.raw is not None else [None] * len(item.ids))

@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import UserError
-from shipyard.export.package import MANIFEST, Manifest, ModelPackage, load_package, sha256_file
+from shipyard.export.package import (
+    MANIFEST,
+    TOKENIZER_FILE,
+    Manifest,
+    ModelPackage,
+    load_package,
+    sha256_file,
+)
 from shipyard.serve.runtime import ServedModel
 
 if TYPE_CHECKING:
@@ -300,6 +307,13 @@ def check_compatible(
         raise UserError(
             f"{what} predicts {candidate.output_kind}, but v{previous.version} predicts "
             f"{served.output_kind}: callers would break; restart the server to serve it"
+        )
+    if served.files.get(TOKENIZER_FILE) != candidate.files.get(TOKENIZER_FILE):
+        # Requests are tokenised before they are batched: across a swap, ids made by one
+        # tokenizer would run on the other model's graph.
+        raise UserError(
+            f"{what} tokenises texts differently from v{previous.version} (another "
+            f"{TOKENIZER_FILE}): requests in flight would break; restart the server to serve it"
         )
 
 

@@ -25,10 +25,15 @@ import numpy as np
 from shipyard.errors import UserError
 from shipyard.export.package import Manifest, ModelPackage, TensorSpec
 from shipyard.tasks.base import OutputKind
+from shipyard.tasks.text.tokenizer import TextTokenizer
 
 PRECISIONS = ("fp32", "int8")
 #: ONNX Runtime's element type names for the numpy dtype names a manifest uses
 ORT_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)"}
+#: what a graph's input may be: float32 features (pixels, columns) or int64 token ids (text)
+INPUT_DTYPES = ("float32", "int64")
+#: texts that a text model's smoke prediction tokenises: empty, short, and over any limit
+SMOKE_TEXTS = ("", "A short text to smoke-test the model.", "Shipyard " * 600)
 #: probabilities must sum to 1 within this (int8 graphs compute softmax in float, too)
 PROBABILITY_TOLERANCE = 1e-3
 #: the fix that fits almost every load failure: the package itself is wrong
@@ -61,16 +66,25 @@ class ServedModel:
     #: batch's range, so one request with extreme values would change its neighbours'
     #: answers); the batcher then makes one ORT call per request.
     rows_independent: bool = True
+    #: text models: the package's tokenizer (texts -> token ids), loaded with the graph so
+    #: that a reload swaps both at once; None for other models
+    tokenizer: TextTokenizer | None = field(default=None, repr=False)
+    input_dtype: str = "float32"
 
     @property
     def manifest(self) -> Manifest:
         return self.package.manifest
 
+    @property
+    def pad_id(self) -> int | None:
+        """The token id that pads a batch of texts to its longest (None: not token ids)."""
+        return self.tokenizer.pad_id if self.tokenizer is not None else None
+
     def run(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """One ONNX Runtime call on a batch of rows (float32, batch axis first); every
-        output of the manifest, by name. Thread-safe: ORT sessions allow concurrent
+        """One ONNX Runtime call on a batch of rows (the input's dtype, batch axis first);
+        every output of the manifest, by name. Thread-safe: ORT sessions allow concurrent
         ``run`` calls, and the batcher makes one at a time anyway."""
-        feed = {self.input_name: np.ascontiguousarray(features, dtype=np.float32)}
+        feed = {self.input_name: np.ascontiguousarray(features, dtype=self.input_dtype)}
         values = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, values, strict=True))
 
@@ -113,6 +127,7 @@ class ServedModel:
             raise ModelLoadError(f"cannot serve {where}: {path.name} is missing; {FIX}")
         session = _session(path, where, intra_op_threads, inter_op_threads)
         _check_signature(session, manifest, where)
+        tokenizer = _tokenizer(package, where)
         model = cls(
             name=name,
             version=version,
@@ -122,6 +137,8 @@ class ServedModel:
             input_name=manifest.input.name,
             output_names=[spec.name for spec in manifest.outputs],
             rows_independent=not quantises_per_batch(path),
+            tokenizer=tokenizer,
+            input_dtype=manifest.input.dtype,
         )
         _smoke(model, where)
         return model
@@ -171,10 +188,16 @@ def _check_signature(session: Any, manifest: Manifest, where: str) -> None:
             f"cannot serve {where}: the graph's input is {graph_input.name!r}, the manifest "
             f"says {spec.name!r}; {FIX}"
         )
-    if spec.dtype != "float32" or graph_input.type != ORT_TYPES["float32"]:
+    if spec.dtype not in INPUT_DTYPES or graph_input.type != ORT_TYPES[spec.dtype]:
         raise ModelLoadError(
-            f"cannot serve {where}: input {spec.name!r} must be float32 in the graph and the "
-            f"manifest (graph {graph_input.type}, manifest {spec.dtype}); {FIX}"
+            f"cannot serve {where}: input {spec.name!r} must be float32 (or int64 token ids) "
+            f"and the same in the graph and the manifest (graph {graph_input.type}, manifest "
+            f"{spec.dtype}); {FIX}"
+        )
+    if (spec.dtype == "int64") != (manifest.tokenizer is not None):
+        raise ModelLoadError(
+            f"cannot serve {where}: an int64 input (token ids) needs a tokenizer in the "
+            f"manifest, and a tokenizer an int64 input; {FIX}"
         )
     _check_shape(graph_input.shape, spec, where, "input")
 
@@ -221,6 +244,26 @@ def quantises_per_batch(path: Path) -> bool:
         return data.find(b"DynamicQuantizeLinear") >= 0
 
 
+def _tokenizer(package: ModelPackage, where: str) -> TextTokenizer | None:
+    """The package's tokenizer (text models), with its limits checked against the manifest."""
+    spec = package.manifest.tokenizer
+    if spec is None:
+        return None
+    try:
+        tokenizer = TextTokenizer.from_file(package.path / spec.file)
+    except Exception as exc:  # tokenizers raises its own Exception subclass on a bad file
+        raise ModelLoadError(
+            f"cannot serve {where}: the tokenizer {spec.file} does not load "
+            f"({type(exc).__name__}: {_first_line(exc)}); {FIX}"
+        ) from None
+    if (tokenizer.max_length, tokenizer.pad_id) != (spec.max_length, spec.pad_id):
+        raise ModelLoadError(
+            f"cannot serve {where}: {spec.file} truncates at {tokenizer.max_length} and pads "
+            f"with {tokenizer.pad_id}, the manifest says {spec.max_length} and {spec.pad_id}; {FIX}"
+        )
+    return tokenizer
+
+
 # -- the smoke prediction -----------------------------------------------------------------
 
 
@@ -240,7 +283,11 @@ def smoke_rows(spec: TensorSpec) -> np.ndarray:
 
 def _smoke(model: ServedModel, where: str) -> None:
     manifest = model.manifest
-    rows = smoke_rows(manifest.input)
+    rows = (
+        model.tokenizer.encode(SMOKE_TEXTS).ids
+        if model.tokenizer is not None
+        else smoke_rows(manifest.input)
+    )
     try:
         outputs = model.run(rows)
     except Exception as exc:  # any ORT failure on rows of the declared shape

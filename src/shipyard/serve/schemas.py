@@ -54,7 +54,8 @@ class ErrorResponse(BaseModel):
     kind: str = Field(
         description="A stable short name for the error (bad_shape, bad_type, not_finite, "
         "empty, too_many, too_large, bad_json, unsupported_media_type, not_an_image, "
-        "image_too_large, bad_columns, unknown_model, queue_full, not_ready, unauthorized, "
+        "image_too_large, bad_columns, text_too_long, unknown_model, queue_full, not_ready, "
+        "unauthorized, "
         "admin_disabled, reload_refused, not_found, method_not_allowed, internal)."
     )
 
@@ -84,18 +85,29 @@ Pixels = list[list[float]] | list[list[list[float]]]
 Row = dict[str, float | None] | list[float | None]
 
 
+class TextInstance(_Model):
+    """A text model's instance as an object (a plain string works too)."""
+
+    text: str = Field(min_length=1)
+
+
+Text = str | TextInstance
+
+
 class PredictRequest(_Model):
     """One instance (``instance``) or several (``instances``), shaped by the model's input.
 
     Images: nested lists height x width (x channels) of numbers 0..255. Tables: an object
     ``{column: number or null}`` (null: missing, filled with the training mean) or a list
-    of numbers in the column order. ``GET /v2/models/{name}`` shows the model's input.
+    of numbers in the column order. Texts: a string or ``{"text": string}`` (longer than
+    the model's max_length tokens: truncated, or 413 with serve.text_truncate=false).
+    ``GET /v2/models/{name}`` shows the model's input.
     """
 
-    instances: list[Pixels | Row] | None = Field(
+    instances: list[Pixels | Row | Text] | None = Field(
         default=None, description="Up to serve.max_instances instances."
     )
-    instance: Pixels | Row | None = Field(default=None, description="A single instance.")
+    instance: Pixels | Row | Text | None = Field(default=None, description="A single instance.")
 
 
 PREDICT_EXAMPLES: dict[str, Any] = {
@@ -108,6 +120,10 @@ PREDICT_EXAMPLES: dict[str, Any] = {
         "value": {"instances": [WINE_ROW]},
     },
     "single": {"summary": "A single instance", "value": {"instance": DIGIT}},
+    "text": {
+        "summary": "Text: strings (a text model)",
+        "value": {"instances": ["Shares in the carmaker rose after strong quarterly sales."]},
+    },
 }
 
 

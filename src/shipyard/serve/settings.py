@@ -78,6 +78,9 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(default=16 * MIB, ge=1024)
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_upload_files: int = Field(default=64, ge=1)
+    #: text models: truncate a text over the model's max_length tokens (as training did);
+    #: false refuses it with a 413 that names the limit
+    text_truncate: bool = True
 
     # -- hot reload -------------------------------------------------------------------------
     #: seconds between polls of the registry alias; 0 = no polling

@@ -11,6 +11,7 @@ from shipyard.tasks.base import DataKind, OutputKind, Split, Task, TrainingHalf
 REGISTRY: dict[str, str] = {
     "image": "shipyard.tasks.image:ImageTask",
     "tabular": "shipyard.tasks.tabular:TabularTask",
+    "text": "shipyard.tasks.text:TextTask",
 }
 
 

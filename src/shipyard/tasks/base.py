@@ -44,6 +44,8 @@ def primary_metric(kind: OutputKind) -> tuple[str, str]:
 
     Torch-free: the promotion gate and the server compare models with it.
     """
+    if kind is OutputKind.TEXT:
+        return ("rougeL", "max")
     return ("accuracy", "max") if kind is OutputKind.CLASSES else ("mae", "min")
 
 
@@ -52,13 +54,14 @@ class DataKind(StrEnum):
 
     IMAGE = "image"  # uint8 array, shape (rows, height, width, channels)
     TABLE = "table"  # a table of named columns (Parquet)
+    TEXT = "text"  # a table with one string column, ``text`` (Parquet)
 
 
 @dataclass(frozen=True)
 class Split:
     """One split of a snapshot, in memory: features plus the target."""
 
-    features: Any  # np.ndarray for images, pd.DataFrame for tables
+    features: Any  # np.ndarray for images, pd.DataFrame for tables and text
     target: np.ndarray
 
     def __len__(self) -> int:
@@ -78,6 +81,11 @@ class Task(ABC):
     #: vector), for the drift monitor: images are compared through it, tables through
     #: their own columns (the monitor features), so they do not need it
     exports_embedding: ClassVar[bool] = False
+    #: the graph's one input: its name, numpy dtype and dynamic axes (the batch, and for
+    #: token ids the sequence, whose length follows the longest text of a batch)
+    input_name: ClassVar[str] = "features"
+    input_dtype: ClassVar[str] = "float32"
+    dynamic_axes: ClassVar[tuple[int, ...]] = (0,)
 
     @abstractmethod
     def monitor_features(self, features: Any) -> pd.DataFrame:
@@ -89,10 +97,14 @@ class Task(ABC):
 
     @abstractmethod
     def model_input(self, features: Any, schema: dict[str, Any]) -> np.ndarray:
-        """Raw features (a snapshot split's, or a request's) as the graph's float32 input.
+        """Raw features (a snapshot split's, or a request's) as the graph's input
+        (``input_dtype``: float32 pixels or columns; int64 token ids for text).
 
         Torch-free, so that training (through ``TrainingHalf.to_tensors``), the promotion
-        gate and the server build the model input with the same code.
+        gate and the server build the model input with the same code. ``schema`` is the
+        snapshot's schema, completed by :func:`shipyard.export.package.input_schema` with
+        what a model package carries for its input (text: ``schema["tokenizer"]``, the path
+        of the package's ``tokenizer.json``).
         """
 
     def training(self) -> TrainingHalf:

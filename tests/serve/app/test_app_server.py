@@ -431,3 +431,23 @@ def test_two_workers_answer_and_metrics_aggregate(
     assert float(match.group(1)) == 30.0, text
     assert 'shipyard_model_info{name="digits"' in text
     assert server.stop() in (0, -15)
+
+
+def test_a_reload_to_another_tokenizer_is_refused(packages: Any) -> None:
+    """Requests are tokenised before they are batched, so a version whose tokenizer.json
+    differs cannot be swapped in under them; an identical one can."""
+    from types import SimpleNamespace
+
+    from shipyard.errors import UserError
+    from shipyard.export.package import TOKENIZER_FILE
+    from shipyard.serve.reload import check_compatible
+
+    served = packages.digits.manifest.model_copy(update={"files": {TOKENIZER_FILE: "a" * 64}})
+    previous = SimpleNamespace(version="1")
+    same = served.model_copy()
+    check_compatible(served, same, "digits v2", previous)  # type: ignore[arg-type]
+    other = served.model_copy(update={"files": {TOKENIZER_FILE: "b" * 64}})
+    with pytest.raises(
+        UserError, match=r"tokenises texts differently from v1 \(another tokenizer.json\)"
+    ):
+        check_compatible(served, other, "digits v2", previous)  # type: ignore[arg-type]
