@@ -157,10 +157,10 @@ def _shift_texts(name: str, frame: pd.DataFrame, rng: np.random.Generator, s: fl
     if name == "clean" or "text" not in frame.columns:
         return shifted
     texts = [str(t) for t in frame["text"].tolist()]
+    out: list[str] = []
     if name == "noise":
         rate = min(TEXT_TYPO_RATE * s, 1.0)
         letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-        out = []
         for text in texts:
             if not text:
                 out.append(text)
@@ -171,7 +171,6 @@ def _shift_texts(name: str, frame: pd.DataFrame, rng: np.random.Generator, s: fl
             out.append("".join(chars.tolist()))
     else:
         keep = max(0.0, 1.0 - (1.0 - TEXT_KEPT_WORDS) * min(s, 1.0))
-        out = []
         for text in texts:
             words = text.split()
             count = max(TEXT_MIN_WORDS, round(keep * len(words)))
