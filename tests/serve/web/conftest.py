@@ -127,9 +127,12 @@ def wine_server(web_packages: WebPackages) -> Iterator[Any]:
 # -- the browser ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian chromium under Playwright; skipped (saying why) where it is missing."""
+    """Headless Debian chromium under Playwright; skipped (saying why) where it is missing.
+
+    Per module, not per session: Playwright's sync API keeps an event loop running in this
+    thread while it is open, and a later test's ``asyncio.run`` would fail under it."""
     if not CHROMIUM.exists():
         pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
     try:
