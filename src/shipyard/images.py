@@ -177,7 +177,9 @@ def build_command(
     elif ca_bundle:
         raise ImageError("--ca-bundle needs podman (docker build cannot mount files)")
     else:
-        env.setdefault("DOCKER_BUILDKIT", "1" if shutil.which("docker-buildx") else "0")
+        # Docker's CLI builds with BuildKit through its buildx plugin; where the plugin is
+        # missing (Debian's docker.io) only the legacy builder works, and must be asked for.
+        env.setdefault("DOCKER_BUILDKIT", "1" if _has_buildx(engine) else "0")
     if not re.fullmatch(r"[a-z0-9_-]+(,[a-z0-9_-]+)*", extras) or "serve" not in extras.split(","):
         raise ImageError(f"invalid extras {extras!r}: expected serve plus others, like serve,s3")
     for key, value in {"BASE": base, "EXTRAS": extras, **context.build_args}.items():
@@ -190,6 +192,16 @@ def build_command(
         str(context.path),
     ]
     return command, env
+
+
+def _has_buildx(engine: str) -> bool:
+    try:
+        probe = subprocess.run(
+            [engine, "buildx", "version"], capture_output=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
 
 
 def build(
