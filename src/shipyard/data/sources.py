@@ -122,7 +122,7 @@ def read_folder(data_cfg: DictConfig) -> Dataset:
     labels = [d.name for d in class_dirs]
     _require_two_classes(target, labels, f"image folder {str(root)!r}")
     if skipped:
-        _warn_skipped(skipped, len(files), "files")
+        warn_skipped(skipped, len(files), "files that are not readable images")
     return Dataset(
         kind=DataKind.IMAGE,
         features=np.stack(images),
@@ -147,9 +147,11 @@ def _skipped_summary(skipped: list[dict[str, str]], total: int, what: str) -> st
     return f"skipped {len(skipped)} of {total} {what} (first: {first['file']}: {first['reason']})"
 
 
-def _warn_skipped(skipped: list[dict[str, str]], total: int, what: str) -> None:
+def warn_skipped(skipped: list[dict[str, str]], total: int, what: str) -> None:
+    """One warning for the items a source skipped (``what``: "texts", "files that are not
+    readable images"); the manifest lists every one."""
     warnings.warn(
-        f"skipped {len(skipped)} of {total} {what} that are not readable images "
+        f"skipped {len(skipped)} of {total} {what} "
         f"(first: {skipped[0]['file']}: {skipped[0]['reason']}); the manifest lists them",
         stacklevel=3,
     )
@@ -407,7 +409,7 @@ def _hf_images(
         )
     encoded, kind, labels = encode_target(raw_target, target, "classes")
     if skipped:
-        _warn_skipped(skipped, len(raw), "rows")
+        warn_skipped(skipped, len(raw), "rows that are not readable images")
     return Dataset(
         kind=DataKind.IMAGE,
         features=np.stack(images),

@@ -13,7 +13,6 @@ reported like unreadable images.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +155,9 @@ def text_dataset(
             "(set data.target_type=classes)"
         )
     if skipped:
-        warnings.warn(
-            f"skipped {len(skipped)} of {len(texts) + len(skipped)} texts "
-            f"(first: {skipped[0]['file']}: {skipped[0]['reason']}); the manifest lists them",
-            stacklevel=3,
-        )
+        from shipyard.data.sources import warn_skipped  # sources imports this module
+
+        warn_skipped(skipped, len(texts) + len(skipped), "texts")
     return Dataset(
         kind=DataKind.TEXT,
         features=pd.DataFrame({TEXT_COLUMN: pd.Series(texts, dtype=object)}),
