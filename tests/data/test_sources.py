@@ -432,7 +432,7 @@ def test_target_type_classes_on_strings_and_number_on_strings(
     assert "use data.target_type=classes" in one_line(exc)
     with pytest.raises(DataError) as exc:
         load_source(compose(*base, "data.target_type=clases").data)
-    assert "must be classes, number or auto" in one_line(exc)
+    assert "must be classes, number, text or auto" in one_line(exc)
 
 
 def test_missing_feature_values_are_allowed(compose: Compose, tmp_path: Path) -> None:
@@ -830,6 +830,6 @@ def test_unknown_source_is_a_config_error(compose: Compose) -> None:
     with pytest.raises(ConfigError) as exc:
         load_source(cfg.data)
     assert (
-        "unknown data source 'nope': choose one of bbc_news, digits, folder, huggingface, "
+        "unknown data source 'nope': choose one of aclsum, bbc_news, digits, folder, huggingface, "
         "table, text_folder, text_table, wine" in one_line(exc)
     )

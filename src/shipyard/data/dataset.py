@@ -41,8 +41,10 @@ def encode_target(
 ) -> tuple[np.ndarray, OutputKind, list[str] | None]:
     """Turn raw target values into class indices (with labels) or float32 numbers.
 
-    ``target_type`` is ``classes``, ``number`` or ``auto``: text, booleans and integers
-    with few distinct values are classes; everything else numeric is a number.
+    ``target_type`` is ``classes``, ``number``, ``text`` or ``auto``: text, booleans and
+    integers with few distinct values are classes; everything else numeric is a number.
+    ``text`` (summaries: generated, not chosen) is never guessed by ``auto``; it keeps
+    each value as a string, in a fixed-width numpy unicode array (saved without pickle).
     """
     import pandas as pd
 
@@ -64,8 +66,19 @@ def encode_target(
                 "use data.target_type=classes"
             )
         return series.to_numpy(dtype=np.float32), OutputKind.NUMBER, None
+    if target_type == "text":
+        texts = [str(v) for v in series.tolist()]
+        empty = sum(1 for t in texts if not t.strip())
+        if empty:
+            raise DataError(
+                f"target column {target_name!r} has {empty} empty texts: a text target needs a "
+                "reference text (a summary) on every row"
+            )
+        return np.array(texts, dtype=np.str_), OutputKind.TEXT, None
     if target_type != "classes":
-        raise DataError(f"data.target_type must be classes, number or auto, not {target_type!r}")
+        raise DataError(
+            f"data.target_type must be classes, number, text or auto, not {target_type!r}"
+        )
     uniques = sorted(series.unique().tolist(), key=lambda v: (str(type(v)), v))
     if len(uniques) < 2:
         raise DataError(

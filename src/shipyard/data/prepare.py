@@ -56,7 +56,11 @@ def prepare(cfg: DictConfig) -> PrepareResult:
             f"{cfg.data.source!r} gives {dataset.kind.value} data: pick a matching data=... option"
         )
     if dataset.output_kind not in task.output_kinds:
-        raise DataError(f"task {task.name!r} cannot predict a {dataset.output_kind.value} target")
+        can = " or ".join(k.value for k in task.output_kinds)
+        raise DataError(
+            f"task {task.name!r} predicts {can}, not a {dataset.output_kind.value} target: "
+            "set data.target_type, or pick the task that fits the target"
+        )
     splits = split_dataset(dataset, cfg.data)
     reference = build_reference(task, splits["train"], cfg.data.reference_rows, cfg.data.split_seed)
     manifest = build_manifest(dataset, splits, cfg, reference_rows=len(reference))
@@ -202,6 +206,13 @@ def _split_info(split: Split, dataset: Dataset) -> dict[str, Any]:
     info: dict[str, Any] = {"rows": len(split)}
     if dataset.labels is not None:
         info["class_balance"] = class_balance(split.target, dataset.labels)
+    elif dataset.output_kind is OutputKind.TEXT:
+        words = np.array([len(str(t).split()) for t in split.target], dtype=np.float64)
+        info["target_words"] = {
+            "mean_words": round(float(words.mean()), 1),
+            "min_words": int(words.min()),
+            "max_words": int(words.max()),
+        }
     else:
         values = split.target.astype(np.float64)
         info["target_stats"] = {

