@@ -78,3 +78,33 @@ def regression_csv(tmp_path: Path) -> Path:
     path = tmp_path / "regression.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BART folder with the bundled MiniLM tokenizer, loadable by from_pretrained."""
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    from shipyard.tasks.text.training import backbone_path
+
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path(None))
+    config = BartConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+        decoder_start_token_id=102,
+        forced_eos_token_id=None,
+    )
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -48,7 +48,7 @@ def test_timm_presets_inherit_the_timm_defaults(compose: Callable[..., DictConfi
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task=nope"], "unknown task 'nope': choose one of image, tabular"),
+        (["task=nope"], "unknown task 'nope': choose one of image, summarize, tabular, text"),
         (["model=nope"], "unknown model 'nope': choose one of cnn,"),
         (["data=nope"], "unknown data 'nope'"),
         (["trainer.bogus=1"], "unknown config key 'trainer.bogus'"),

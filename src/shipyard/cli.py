@@ -217,7 +217,9 @@ def data_show(
     splits.add_column("rows", justify="right")
     splits.add_column("class balance / target")
     for name, info in manifest["splits"].items():
-        detail = info.get("class_balance") or info.get("target_stats") or {}
+        detail = (
+            info.get("class_balance") or info.get("target_stats") or info.get("target_words") or {}
+        )
         splits.add_row(name, str(info["rows"]), _fmt(detail))
     out.print(splits)
 
@@ -225,12 +227,21 @@ def data_show(
 # -- train / evaluate / pipeline ----------------------------------------------------------
 
 
-def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+def _metrics_table(
+    title: str, metrics: dict[str, float], baseline: dict[str, float] | None = None
+) -> Table:
+    """Metrics, one per row; with ``baseline`` (the same keys: the task's yardstick on the
+    same split) a column beside them, so the two are read together."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if baseline:
+        table.add_column("baseline", justify="right")
     for key, value in sorted(metrics.items()):
-        table.add_row(key, f"{value:.4f}")
+        row = [key, f"{value:.4f}"]
+        if baseline:
+            row.append(f"{baseline[key]:.4f}" if key in baseline else "")
+        table.add_row(*row)
     return table
 
 
@@ -296,7 +307,10 @@ def export(overrides: Overrides = None, as_json: JsonFlag = False) -> None:
 
 
 def _print_export(result: dict[str, Any]) -> None:
-    graphs = result["graphs"]
+    # The scored graphs: the model (fp32, int8), or a seq2seq package's encoder, whose
+    # figures are whole summaries; its decoders are listed below the table.
+    graphs = [g for g in result["graphs"] if g.get("role", "model") in ("model", "encoder")]
+    helpers = [g["file"] for g in result["graphs"] if g not in graphs]
     metric = result["primary_metric"]
     threads = graphs[0]["threads"]
     table = Table(
@@ -324,10 +338,22 @@ def _print_export(result: dict[str, Any]) -> None:
             ),
         )
     out.print(table)
+    if helpers:
+        out.print(
+            f"Decoding graphs: {', '.join(helpers)}; the figures above are whole summaries "
+            "(encoder and decoding loop)",
+            highlight=False,
+        )
     parity = result["parity"]
     verdict = "[green]passed[/]" if parity["passed"] else "[red]failed[/]"
+    shared = parity.get("sequences_equal")
+    what = (
+        f"{shared:.1%} of greedy summaries equal, embeddings max |difference| "
+        if shared is not None
+        else "max |PyTorch - ONNX| "
+    )
     out.print(
-        f"Parity: max |PyTorch - ONNX| {parity['max_abs_diff']:.2e} over {parity['rows']} test "
+        f"Parity: {what}{parity['max_abs_diff']:.2e} over {parity['rows']} test "
         f"rows (tolerance {parity['tolerance']:g}): {verdict}",
         highlight=False,
     )
@@ -373,7 +399,7 @@ def _print_pipeline(result: dict[str, Any]) -> None:
         table.add_row(stage["stage"], result_text, f"{stage['seconds']:.1f}")
     out.print(table)
     if "metrics" in result:
-        out.print(_metrics_table("Test metrics", result["metrics"]))
+        out.print(_metrics_table("Test metrics", result["metrics"], result.get("baseline")))
     champion = result.get("champion") or result.get("model")
     if champion:
         role = "champion" if "champion" in result else "registered (not promoted)"
@@ -387,6 +413,9 @@ def _print_pipeline(result: dict[str, Any]) -> None:
         print_gate_checks(result["refused"]["checks"])
     if "parity_max_abs_diff" in result:
         out.print(f"Parity (max |PyTorch - ONNX|): {result['parity_max_abs_diff']:.2e}")
+    if "parity_sequences_equal" in result:
+        share = result["parity_sequences_equal"]
+        out.print(f"Parity (ONNX greedy summaries equal to PyTorch's): {share:.1%}")
     if "report" in result:
         out.print(f"Report: [bold]{result['report']}[/]", highlight=False)
     if "tracking_uri" in result:

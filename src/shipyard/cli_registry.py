@@ -183,9 +183,10 @@ def promote(
     `shipyard promote wine 4 --force --reason "hotfix: new labels agreed with ops"`
     """
     from shipyard.track.gate import GateRefused
+    from shipyard.track.registry import config_for_version
     from shipyard.track.registry import promote as promote_version
 
-    cfg = _compose(overrides)
+    cfg = config_for_version(overrides or [], name, version)
     try:
         with _working(as_json):
             result = promote_version(cfg, name, version, force=force, reason=reason)

@@ -56,6 +56,7 @@ def run_pipeline(cfg: DictConfig, until: str = "promote") -> dict[str, Any]:
         _register,
         _promote,
     ]
+    _refuse_before_training(cfg)
     if not cfg.pipeline.promote and until == "promote":
         until = "register"
     result = PipelineResult()
@@ -70,6 +71,18 @@ def _with(cfg: DictConfig, **values: Any) -> DictConfig:
     merged = OmegaConf.merge(cfg, values)
     assert isinstance(merged, DictConfig)
     return merged
+
+
+def _refuse_before_training(cfg: DictConfig) -> None:
+    """Settings the export stage would refuse, refused before the training they would waste:
+    ``quantize=int8`` for a task that only generates text (no int8 decoding loop yet)."""
+    from shipyard.tasks import get_task
+    from shipyard.tasks.base import OutputKind
+
+    if get_task(str(cfg.task.name)).output_kinds == (OutputKind.TEXT,) and cfg.get("quantize"):
+        from shipyard.export.seq2seq import check_quantize
+
+        check_quantize(cfg.get("quantize"))
 
 
 def _data(cfg: DictConfig, result: PipelineResult) -> DictConfig:
@@ -105,7 +118,7 @@ def _train(cfg: DictConfig, result: PipelineResult) -> DictConfig:
         )
     if cached is not None:
         run_id = str(cached.info.run_id)
-        metrics = {k: v for k, v in cached.data.metrics.items() if k.startswith("test_")}
+        metrics = dict(cached.data.metrics)
         detail = f"run {run_id}"
     else:
         from shipyard.train.run import train
@@ -116,6 +129,12 @@ def _train(cfg: DictConfig, result: PipelineResult) -> DictConfig:
     result.values |= {
         "run_id": run_id,
         "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+        # a task's yardstick on the same test split (text: TF-IDF; summarize: lead-3)
+        "baseline": {
+            k.removeprefix("baseline_"): v
+            for k, v in metrics.items()
+            if k.startswith("baseline_test_")
+        },
         "tracking_uri": tracking.tracking_uri(cfg),
     }
     result.stage("train", started, detail, reused=cached is not None)
@@ -169,7 +188,11 @@ def _export(cfg: DictConfig, result: PipelineResult) -> DictConfig:
         "parity_max_abs_diff": parity.max_abs_diff,
     }
     graphs = ", ".join(g.file for g in package.manifest.graphs)
-    result.stage("export", started, f"{graphs} (parity {parity.max_abs_diff:.1e})", reused=reused)
+    detail = f"parity {parity.max_abs_diff:.1e}"
+    if parity.sequences_equal is not None:
+        result.values["parity_sequences_equal"] = parity.sequences_equal
+        detail = f"{parity.sequences_equal:.0%} of greedy summaries equal; embeddings {detail}"
+    result.stage("export", started, f"{graphs} ({detail})", reused=reused)
     return cfg
 
 

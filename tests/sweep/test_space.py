@@ -201,3 +201,16 @@ def test_user_sweep_and_model_options(compose: Callable[..., DictConfig], home: 
     assert "mine" in available("sweep")
     model = compose("model=tiny").model
     assert (model.name, list(model.channels), model.hidden, model.family) == ("tiny", [4], 8, "cnn")
+
+
+def test_a_summariser_is_swept_on_its_loss_only(home: Path) -> None:
+    """ROUGE is scored by generating, once, after training: a sweep that ranks or prunes
+    summarisers on it is refused before the first trial."""
+    from shipyard.sweep.run import check_inputs, run_sweep
+
+    base = load_settings(["task=summarize", "data.limit=5"]).base
+    assert check_inputs(base)[1:] == (("loss", "min"), "text")
+    with pytest.raises(
+        ConfigError, match="'rougeL' is not scored for text targets: use one of loss"
+    ):
+        run_sweep(["task=summarize", "data.limit=5", "sweep.metric=rougeL"], trials=1)

@@ -130,7 +130,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     torch.manual_seed(0)
     train = load_corpus(("train",), limit=8)
     half = SummarizeTraining()
-    model = half.build_model(
+    model = half.build(
         Seq2SeqConfig(max_source_length=SOURCE_LENGTH, max_target_length=TARGET_LENGTH)
     )
     report = fit(model, half, train.documents, train.summaries, steps=3, batch_size=4, lr=3e-4)
@@ -194,9 +194,9 @@ def test_unknown_family_and_missing_backbone_are_config_errors() -> None:
     from shipyard.tasks.summarize.training import Seq2SeqConfig, SummarizeTraining
 
     with pytest.raises(ConfigError, match="does not fit the summarize task"):
-        SummarizeTraining().build_model(Seq2SeqConfig(family="cnn"))
+        SummarizeTraining().build(Seq2SeqConfig(family="cnn"))
     with pytest.raises(ConfigError, match=r"needs model\.backbone"):
-        SummarizeTraining().build_model(Seq2SeqConfig(family="seq2seq"))
+        SummarizeTraining().build(Seq2SeqConfig(family="seq2seq"))
 
 
 @pytest.mark.slow  # trains or exports a model
@@ -301,6 +301,12 @@ def test_generate_imports_no_torch(trained: Trained) -> None:
         texts = summarizer.summarize(["We propose a parser.", "A second document."],
                                      num_beams=2, max_length=8)
         assert len(texts) == 2 and all(isinstance(t, str) for t in texts), texts
+        from shipyard.serve.runtime import ServedModel  # what the server opens it with
+        from shipyard.tasks.summarize.session import GenerationSession
+        session = GenerationSession({str(trained.folder)!r})
+        ids, _ = summarizer.encode(["We propose a parser."])
+        sequences, embedding = session.run(None, {{"input_ids": ids}})
+        assert sequences.shape[0] == 1 and embedding.shape[0] == 1
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
         print("heavy:", heavy)
         assert not heavy, heavy
@@ -398,9 +404,7 @@ def test_any_seq2seq_family_exports_and_decodes_alike(kind: str, tmp_path: Path)
     tokenizer.save_pretrained(source)
 
     half = SummarizeTraining()
-    model = half.build_model(
-        Seq2SeqConfig(family="seq2seq", backbone=str(source), max_source_length=32)
-    )
+    model = half.build(Seq2SeqConfig(family="seq2seq", backbone=str(source), max_source_length=32))
     assert type(model).__name__.lower().startswith(kind)
     train = load_corpus(("train",), limit=4)
     fit(model, half, train.documents, train.summaries, steps=2, batch_size=2, lr=1e-3)

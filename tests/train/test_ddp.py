@@ -88,3 +88,35 @@ def test_ddp_on_cpu_trains_two_processes_into_one_run(
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
         "checkpoints/best.ckpt"
     ]
+
+
+def test_ddp_trains_a_summariser_with_one_token_weighted_val_loss(
+    cli: Callable[..., subprocess.CompletedProcess[str]], home: Path, tiny_bart: Path
+) -> None:
+    """Generated text under DDP: each rank sums its shard's token losses, rank 0 logs the
+    gathered mean once per epoch, and scores the test split by generating, once."""
+    done = cli(
+        "train",
+        "task=summarize",
+        "model.family=seq2seq",
+        f"model.backbone={tiny_bart}",
+        "data.limit=8",
+        "model.max_source_length=32",
+        "model.max_target_length=12",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.early_stopping_patience=null",
+        "trainer.strategy=ddp",
+        f"trainer.devices={WORLD}",
+        "trainer.accelerator=cpu",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[rank1]" not in done.stderr, done.stderr
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run_id = runs[0].info.run_id
+    val_loss = client.get_metric_history(run_id, "val_loss")
+    assert len(val_loss) == EPOCHS
+    assert all(math.isfinite(m.value) and m.value > 0 for m in val_loss)
+    for key in ("test_rougeL", "baseline_test_rougeL"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key

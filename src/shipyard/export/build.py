@@ -12,7 +12,6 @@ finds it through the run, not through a path on this machine.
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,28 +23,34 @@ import torch
 from omegaconf import DictConfig
 
 from shipyard.config import local_folder, to_container
+from shipyard.export import seq2seq
 from shipyard.export.latency import measure_latency
 from shipyard.export.onnx_export import ParityError, check_parity, export_onnx, run_onnx
 from shipyard.export.package import (
     MANIFEST,
-    TOKENIZER_FILE,
     GraphSpec,
-    Lineage,
     Manifest,
     ModelPackage,
     ParityReport,
     TensorSpec,
-    TokenizerSpec,
     checksums,
     describe_graph,
     input_schema,
     save_package,
     sha256_file,
 )
+from shipyard.export.parts import (
+    finite,
+    input_files,
+    input_spec,
+    lineage,
+    tokenizer_spec,
+    version,
+)
 from shipyard.export.quantize import Method, calibration_rows, check_quantize, quantize_int8
 from shipyard.export.report import CONFUSION_MATRIX, REPORT, render_report
 from shipyard.export.scoring import score_onnx
-from shipyard.tasks import Task, get_task
+from shipyard.tasks import get_task
 from shipyard.tasks.base import OutputKind, primary_metric
 from shipyard.track import tracking
 from shipyard.track.lineage import export_fingerprint
@@ -86,9 +91,7 @@ class ExportResult:
             "metrics": manifest.metrics,
             "parity": manifest.parity.model_dump(),
             "quantization": self.quantization,
-            "graphs": [
-                g.model_dump(mode="json", exclude={"role", "sha256"}) for g in manifest.graphs
-            ],
+            "graphs": [g.model_dump(mode="json", exclude={"sha256"}) for g in manifest.graphs],
         }
 
 
@@ -112,13 +115,20 @@ def export_run(cfg: DictConfig, run_id: str | None = None) -> ExportResult:
     quantize = check_quantize(cfg.get("quantize"))
     run_id = resolve_run_id(cfg, run_id)
     loaded = load_run_model(cfg, run_id)
+    generates_text = OutputKind(loaded.schema["target"]["kind"]) is OutputKind.TEXT
+    if generates_text:
+        seq2seq.check_quantize(quantize)
     packages.mkdir(parents=True, exist_ok=True)
     # Inside the packages folder, so the final rename never crosses a filesystem; the
     # leading dot keeps it out of listings of packages.
     staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".partial", dir=packages))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the package from a server's user
     try:
-        package, method = _assemble(cfg, loaded, run_id, staging, packages / run_id, quantize)
+        if generates_text:
+            package = seq2seq.assemble_seq2seq(cfg, loaded, run_id, staging, packages / run_id)
+            method: Method | None = None
+        else:
+            package, method = _assemble(cfg, loaded, run_id, staging, packages / run_id, quantize)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -151,7 +161,7 @@ def _assemble(
     task = get_task(str(loaded.run_cfg.task.name))
     # Files the torch-free input needs (text: the tokenizer) go in first, so that every
     # model input below is built by the package's own files, as the server will build it.
-    input_files = _input_files(loaded, staging)
+    extra_files = input_files(loaded, staging)
     schema = input_schema(staging, loaded.schema)
     kind = OutputKind(schema["target"]["kind"])
     test = loaded.snapshot.load("test")
@@ -190,7 +200,7 @@ def _assemble(
         return describe_graph(
             path,
             precision=precision,
-            metrics={k: float(v) for k, v in metrics.items() if _finite(v)},
+            metrics={k: float(v) for k, v in metrics.items() if finite(v)},
             latency=measure_latency(path, probe, sizes, int(latency_cfg.repeats), threads),
             threads=threads,
         )
@@ -209,19 +219,19 @@ def _assemble(
         task=task.name,
         output_kind=kind.value,
         labels=schema["target"].get("labels"),
-        input=_input_spec(task, schema),
+        input=input_spec(task, schema),
         outputs=_output_specs(fp32, probe[:2], schema),
-        tokenizer=_tokenizer_spec(staging, input_files),
+        tokenizer=tokenizer_spec(staging, extra_files),
         graphs=graphs,
         metrics={k: float(v) for k, v in loaded.run.data.metrics.items() if k.startswith("test_")},
         parity=ParityReport(**parity.as_dict()),
-        lineage=_lineage(cfg, loaded, run_id),
+        lineage=lineage(cfg, loaded, run_id),
         config=to_container(loaded.run_cfg),
-        shipyard_version=_version(),
+        shipyard_version=version(),
     )
     # The report shows the manifest, so it is rendered first; its checksum then joins it.
     (staging / REPORT).write_text(render_report(manifest, staging), encoding="utf-8")
-    files = checksums(staging, [*input_files, *extra, REPORT])
+    files = checksums(staging, [*extra_files, *extra, REPORT])
     manifest = manifest.model_copy(update={"files": files})
     return save_package(staging, manifest, destination), method
 
@@ -233,55 +243,6 @@ def _copy_confusion_matrix(cfg: DictConfig, run_id: str, staging: Path) -> list[
         return []
     shutil.copyfile(tracking.download(cfg, run_id, CONFUSION_MATRIX), staging / CONFUSION_MATRIX)
     return [CONFUSION_MATRIX]
-
-
-def _input_files(loaded: RunModel, staging: Path) -> list[str]:
-    """Write what the training half says the package needs for its input (text: the
-    ``tokenizer.json`` of the model's tokenizer); their names, for the checksums."""
-    write = getattr(loaded.half, "package_files", None)
-    return list(write(staging)) if write is not None else []
-
-
-def _tokenizer_spec(staging: Path, files: list[str]) -> TokenizerSpec | None:
-    """The manifest's view of the package's tokenizer: its file and the limits written in it."""
-    import json
-
-    if TOKENIZER_FILE not in files:
-        return None
-    data = json.loads((staging / TOKENIZER_FILE).read_text(encoding="utf-8"))
-    return TokenizerSpec(
-        file=TOKENIZER_FILE,
-        max_length=int(data["truncation"]["max_length"]),
-        pad_id=int(data["padding"]["pad_id"]),
-    )
-
-
-def _input_spec(task: Task, schema: dict[str, Any]) -> TensorSpec:
-    features = schema["features"]
-    if features.get("kind") == "text":
-        return TensorSpec(
-            name=task.input_name,
-            dtype=task.input_dtype,
-            shape=[None, None],
-            description="token ids (rows, tokens) from the package's tokenizer.json, padded "
-            "with its pad id to the longest text (the graph masks the padding)",
-        )
-    if features.get("kind") == "image":
-        shape = [None, int(features["height"]), int(features["width"]), int(features["channels"])]
-        return TensorSpec(
-            name="features",
-            dtype="float32",
-            shape=shape,
-            description="pixels 0..255, NHWC (the graph scales, normalises and resizes)",
-        )
-    columns = [str(c["name"]) for c in features["columns"]]
-    return TensorSpec(
-        name="features",
-        dtype="float32",
-        shape=[None, len(columns)],
-        columns=columns,
-        description="feature columns in this order; NaN is filled with the training mean",
-    )
 
 
 def _output_specs(fp32: Path, sample: np.ndarray, schema: dict[str, Any]) -> list[TensorSpec]:
@@ -301,27 +262,3 @@ def _output_specs(fp32: Path, sample: np.ndarray, schema: dict[str, Any]) -> lis
         )
         for name, value in run_onnx(fp32, sample).items()
     ]
-
-
-def _lineage(cfg: DictConfig, loaded: RunModel, run_id: str) -> Lineage:
-    tags = loaded.run.data.tags
-    return Lineage(
-        run_id=run_id,
-        snapshot_id=loaded.snapshot.id,
-        snapshot_store=tags.get(tracking.TAG_SNAPSHOT_STORE) or loaded.snapshot.store.url,
-        experiment_id=str(loaded.run.info.experiment_id),
-        tracking_uri=tracking.tracking_uri(cfg),
-        git_commit=tags.get(tracking.TAG_COMMIT),
-        config_fingerprint=tags.get(tracking.TAG_FINGERPRINT),
-    )
-
-
-def _finite(value: Any) -> bool:
-    """A scalar metric JSON can carry (r2 of a single row is NaN)."""
-    return isinstance(value, float | int) and math.isfinite(value)
-
-
-def _version() -> str:
-    from shipyard import __version__
-
-    return __version__

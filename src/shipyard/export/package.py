@@ -27,6 +27,9 @@ MANIFEST = "manifest.json"
 #: a text package's tokenizer, beside its graphs (the same name as tasks.text.tokenizer's)
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT = 1
+#: the graph that ``Manifest.graph`` means without a role: a single-graph package's model, a
+#: seq2seq package's encoder (the decoding loop's first graph, beside its generation.json)
+ENTRY_ROLES = ("model", "encoder")
 REEXPORT_HINT = "re-create it with `shipyard export run=RUN_ID`"
 
 
@@ -60,7 +63,9 @@ class Latency(_Strict):
 class GraphSpec(_Strict):
     """One ONNX file of the package."""
 
-    #: "model" for single-graph tasks; a seq2seq task has "encoder" and "decoder"
+    #: "model" for single-graph tasks. A seq2seq package has "encoder", "decoder" and
+    #: "decoder_with_past"; its encoder is the entry (the one ``Manifest.graph`` returns),
+    #: and its metrics and latency are those of whole summaries (encoder + decoding loop)
     role: str = "model"
     precision: Literal["fp32", "int8"] = "fp32"
     file: str
@@ -82,6 +87,9 @@ class ParityReport(_Strict):
     labels_equal: bool
     tolerance: float
     passed: bool
+    #: generated text: the share of test documents whose ONNX greedy summary is the same
+    #: token for token as PyTorch's ``generate`` (``labels_equal``: at least the minimum)
+    sequences_equal: float | None = None
 
 
 class Lineage(_Strict):
@@ -131,13 +139,17 @@ class Manifest(_Strict):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     shipyard_version: str = ""
 
-    def graph(self, precision: str = "fp32", role: str = "model") -> GraphSpec:
-        for spec in self.graphs:
-            if spec.precision == precision and spec.role == role:
-                return spec
+    def graph(self, precision: str = "fp32", role: str | None = None) -> GraphSpec:
+        """The graph of ``role`` in ``precision``; no role: the entry graph (``model``, or a
+        seq2seq package's ``encoder``)."""
+        roles = (role,) if role else ENTRY_ROLES
+        for wanted in roles:
+            for spec in self.graphs:
+                if spec.precision == precision and spec.role == wanted:
+                    return spec
         have = ", ".join(f"{g.role}/{g.precision}" for g in self.graphs)
         raise PackageError(
-            f"the package has no {role} graph in {precision} (it has {have}); "
+            f"the package has no {role or 'model'} graph in {precision} (it has {have}); "
             "export with quantize=int8 to add the int8 graph"
         )
 
@@ -149,7 +161,7 @@ class ModelPackage:
         self.path = path
         self.manifest = manifest
 
-    def graph_path(self, precision: str = "fp32", role: str = "model") -> Path:
+    def graph_path(self, precision: str = "fp32", role: str | None = None) -> Path:
         return self.path / self.manifest.graph(precision, role).file
 
     def __repr__(self) -> str:

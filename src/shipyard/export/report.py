@@ -45,12 +45,15 @@ def render_report(
         m=manifest,
         registry=registry,
         metric_names=_metric_names(manifest),
+        # the graphs scored on the test split (a seq2seq package's encoder stands for its
+        # whole decoding loop; its decoders carry no metrics of their own)
+        scored=[g for g in manifest.graphs if g.metrics] or manifest.graphs[:1],
         batch_sizes=sorted({b for g in manifest.graphs for b in g.latency}),
         confusion_png=base64.b64encode(png.read_bytes()).decode() if png.is_file() else None,
         package_sha=manifest.graph("fp32").sha256,
         config_yaml=yaml.safe_dump(manifest.config, sort_keys=False),
         fmt=_fmt,
-        shape=lambda dims: "[" + ", ".join("batch" if d is None else str(d) for d in dims) + "]",
+        shape=_shape,
     )
 
 
@@ -71,6 +74,14 @@ def _metric_names(manifest: Manifest) -> list[str]:
     for graph in manifest.graphs:
         names += [k for k in graph.metrics if k not in names]
     return names
+
+
+def _shape(dims: list[int | None]) -> str:
+    """``[batch, tokens, 64]``: the first dynamic axis is the batch, a later one a length."""
+    names = ["batch" if i == 0 else "length" for i in range(len(dims))]
+    return (
+        "[" + ", ".join(n if d is None else str(d) for n, d in zip(names, dims, strict=True)) + "]"
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -17,10 +17,34 @@ from shipyard.tasks import get_task
 from shipyard.tasks.base import OutputKind, Split
 
 BATCH = 512
+#: documents per decoding call (a batch decodes until its longest summary ends)
+GENERATION_BATCH = 16
+
+
+#: beside a seq2seq package's encoder: the decoding loop's spec (tasks.summarize.onnx_export)
+GENERATION_SPEC = "generation.json"
+
+
+def is_generator(path: Path) -> bool:
+    """Whether ``path`` is a seq2seq package's entry graph: its ``generation.json`` names it
+    as the encoder of a decoding loop."""
+    import json
+
+    spec = path.parent / GENERATION_SPEC
+    if not spec.is_file():
+        return False
+    graphs = json.loads(spec.read_text(encoding="utf-8")).get("graphs", {})
+    return bool(graphs.get("encoder") == path.name)
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:
-    """A CPU ONNX Runtime session with ``threads`` intra-op threads."""
+    """A CPU ONNX Runtime session with ``threads`` intra-op threads; for a seq2seq
+    package's entry graph, its decoding loop behind the same interface
+    (:class:`~shipyard.tasks.summarize.session.GenerationSession`)."""
+    if is_generator(path):
+        from shipyard.tasks.summarize.session import GenerationSession
+
+        return GenerationSession(path.parent, intra_op_threads=threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -29,16 +53,35 @@ def onnx_session(path: Path, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def predict_onnx(path: Path, features: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The first output (probabilities or value) for every row, in batches."""
-    session = onnx_session(path, threads)
+def predict_onnx(
+    path: Path, features: np.ndarray, threads: int = 1, *, session: Any = None
+) -> np.ndarray:
+    """The first output (probabilities, value, or generated ids) for every row, in batches."""
+    session = session or onnx_session(path, threads)
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
+    batch = GENERATION_BATCH if is_generator(path) else BATCH
     parts = [
-        session.run([output_name], {input_name: features[i : i + BATCH]})[0]
-        for i in range(0, len(features), BATCH)
+        session.run([output_name], {input_name: features[i : i + batch]})[0]
+        for i in range(0, len(features), batch)
     ]
+    if parts and len({p.shape[1:] for p in parts}) > 1:  # generated ids: pad to the longest
+        width = max(p.shape[1] for p in parts)
+        pad = int(getattr(session, "pad_id", 0))
+        parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad) for p in parts]
     return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+
+
+def score_generated(
+    path: Path, features: np.ndarray, split: Split, threads: int = 1
+) -> dict[str, Any]:
+    """ROUGE of the summaries the package generates (its own decoding settings) against the
+    split's references, and the mean words per summary: the keys of training's scores."""
+    from shipyard.tasks.summarize.metrics import summary_scores
+
+    session = onnx_session(path, threads)
+    summaries = session.decode(predict_onnx(path, features, threads, session=session))
+    return summary_scores(summaries, [str(t) for t in split.target])
 
 
 def score_onnx(
@@ -53,6 +96,8 @@ def score_onnx(
     labels = schema["target"].get("labels")
     # What the package carries for its input (a tokenizer) lies beside the graph.
     features = get_task(task_name).model_input(split.features, input_schema(path.parent, schema))
+    if kind is OutputKind.TEXT:
+        return score_generated(path, features, split, threads)
     outputs = torch.from_numpy(predict_onnx(path, features, threads))
     target = torch.as_tensor(split.target)
     if kind is OutputKind.CLASSES:

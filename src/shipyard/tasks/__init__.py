@@ -10,6 +10,7 @@ from shipyard.tasks.base import DataKind, OutputKind, Split, Task, TrainingHalf
 # name -> "module:Class" of the torch-free half; imported on first use.
 REGISTRY: dict[str, str] = {
     "image": "shipyard.tasks.image:ImageTask",
+    "summarize": "shipyard.tasks.summarize:SummarizeTask",
     "tabular": "shipyard.tasks.tabular:TabularTask",
     "text": "shipyard.tasks.text:TextTask",
 }

@@ -107,10 +107,13 @@ def parity(cfg: DictConfig, manifest: Manifest) -> Check:
     tolerance = float(cfg.export.parity_tolerance)
     within = report.max_abs_diff <= tolerance
     passed = report.passed and report.labels_equal and within
+    if report.sequences_equal is not None:  # generated text: equal greedy summaries
+        outcome = f"{report.sequences_equal:.1%} of greedy summaries equal"
+    else:
+        outcome = f"predicted labels {'identical' if report.labels_equal else 'differ'}"
     detail = (
         f"max |PyTorch - ONNX| {report.max_abs_diff:.1e} {'<=' if within else '>'} {tolerance:.0e} "
-        f"over {report.rows} test rows; predicted labels "
-        f"{'identical' if report.labels_equal else 'differ'}"
+        f"over {report.rows} test rows; {outcome}"
     )
     if not report.passed:
         detail += "; the export's own parity check failed"

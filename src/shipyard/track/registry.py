@@ -292,6 +292,22 @@ def rollback(
     )
 
 
+def config_for_version(overrides: list[str], name: str, version: int | str) -> DictConfig:
+    """The config the gate judges a version by: its own task's (a summariser's latency
+    budget is for whole summaries, a classifier's for one call), unless ``overrides`` name
+    a task. The other overrides apply on top, as always."""
+    from shipyard.config import compose
+
+    cfg = compose(list(overrides))
+    if any(o.split("=", 1)[0].lstrip("+~") == "task" for o in overrides):
+        return cfg
+    found = versions.get_version(cfg, tracking.client(cfg), name, str(version))
+    task = (found.tags or {}).get(tracking.TAG_TASK)
+    if task and task != str(cfg.task.name):
+        return compose([f"task={task}", *overrides])
+    return cfg
+
+
 def _loader(
     cfg: DictConfig, name: str, version: int, refresh: bool = False
 ) -> Callable[[], ModelPackage]:

@@ -28,12 +28,17 @@ METRIC_PREFIX = {"test": "test", "val": "best_val", "train": "best_train"}
 def evaluate_model(
     model: nn.Module, half: TrainingHalf, split: Split, schema: dict[str, Any]
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on one split, in eval mode, in batches."""
+    """Metrics of ``model`` on one split, in eval mode, in batches. Generated text is scored
+    by generating (the half's ``score_split``: ROUGE against the reference summaries)."""
     kind = OutputKind(schema["target"]["kind"])
     labels = schema["target"].get("labels")
-    features, target = half.to_tensors(split, schema)
     was_training = model.training
     model.eval()
+    if kind is OutputKind.TEXT:
+        metrics: dict[str, Any] = half.score_split(model, split)  # type: ignore[attr-defined]
+        model.train(was_training)
+        return metrics
+    features, target = half.to_tensors(split, schema)
     outputs = torch.cat([model(features[i : i + BATCH]) for i in range(0, len(features), BATCH)])
     model.train(was_training)
     return score(kind, outputs, target, len(labels) if labels else None)

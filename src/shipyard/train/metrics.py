@@ -18,9 +18,15 @@ __all__ = ["loss_fn", "primary_metric", "scalars", "score"]
 
 
 def loss_fn(kind: OutputKind, outputs: Tensor, target: Tensor, scale: float = 1.0) -> Tensor:
-    """Cross-entropy for classes; MSE on the standardised scale for numbers."""
+    """Cross-entropy for classes; MSE on the standardised scale for numbers; for text, the
+    cross-entropy of (rows, tokens, vocab) logits against (rows, tokens) token ids, with
+    padding (-100) ignored."""
     if kind is OutputKind.CLASSES:
         return torch.nn.functional.cross_entropy(outputs, target)
+    if kind is OutputKind.TEXT:
+        return torch.nn.functional.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]).float(), target.reshape(-1), ignore_index=-100
+        )
     return torch.nn.functional.mse_loss(outputs / scale, target / scale)
 
 

@@ -41,9 +41,18 @@ class ShipyardModule(L.LightningModule):
     def forward(self, features: Tensor) -> Tensor:
         return self.model(features)  # type: ignore[no-any-return]
 
+    def outputs(self, features: Tensor, target: Tensor) -> Tensor:
+        """The model's outputs for a batch. Generated text is trained by teacher forcing:
+        the model reads the reference (shifted right) to score each of its tokens, so the
+        target goes in beside the features."""
+        if self.output_kind is OutputKind.TEXT:
+            return self.model(features, target)  # type: ignore[no-any-return]
+        outputs: Tensor = self(features)
+        return outputs
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         features, target = batch
-        loss = loss_fn(self.output_kind, self(features), target, self.target_scale)
+        loss = loss_fn(self.output_kind, self.outputs(features, target), target, self.target_scale)
         # Summed here and logged once an epoch (on_train_epoch_end): Lightning's self.log
         # costs about as much per call as a whole step of a small model.
         rows = len(target)
@@ -63,6 +72,13 @@ class ShipyardModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         features, target = batch
+        if self.output_kind is OutputKind.TEXT:
+            # Logits of generated text are (rows, tokens, vocab): too big to keep for the
+            # epoch, so each batch keeps its summed token loss and its token count.
+            tokens = (target != -100).sum()
+            loss = loss_fn(self.output_kind, self.outputs(features, target), target)
+            self._val_outputs.append((loss.detach().float() * tokens, tokens))
+            return
         self._val_outputs.append((self(features).detach(), target))
 
     def on_validation_epoch_end(self) -> None:
@@ -71,6 +87,9 @@ class ShipyardModule(L.LightningModule):
         so the outputs are gathered first: every rank then logs the same numbers, and the
         best checkpoint and early stopping follow the whole split, not rank 0's shard."""
         if not self._val_outputs:
+            return
+        if self.output_kind is OutputKind.TEXT:
+            self._log_token_loss()
             return
         # float(): under mixed precision the outputs are bf16/fp16.
         outputs = torch.cat([o for o, _ in self._val_outputs]).float()
@@ -89,6 +108,25 @@ class ShipyardModule(L.LightningModule):
                     prog_bar=name in ("loss", "accuracy", "mae"),
                     sync_dist=self.trainer.world_size > 1,
                 )
+
+    def _log_token_loss(self) -> None:
+        """val_loss of generated text: the mean cross-entropy per summary token over the
+        whole split (every rank's sums, under DDP). ROUGE needs generation, which is too slow
+        for every epoch; the test split is scored with it after training."""
+        total = torch.stack([t for t, _ in self._val_outputs]).sum()
+        tokens = torch.stack([n for _, n in self._val_outputs]).sum().float()
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            total, tokens = (
+                self._gather(total.reshape(1)).sum(),
+                self._gather(tokens.reshape(1)).sum(),
+            )
+        self.log(
+            "val_loss",
+            float(total / tokens.clamp_min(1)),
+            prog_bar=True,
+            sync_dist=self.trainer.world_size > 1,
+        )
 
     def _gather(self, tensor: Tensor) -> Tensor:
         """Every rank's rows, concatenated in rank order (all_gather stacks them)."""

@@ -76,7 +76,9 @@ class OnnxSummarizer:
     """A summarisation model package folder, ready to decode (thread-safe: ONNX Runtime
     sessions may be run concurrently, and no state is kept between calls)."""
 
-    def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, *, threads: int | None = None, inter_op_threads: int = 1
+    ) -> None:
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -84,9 +86,10 @@ class OnnxSummarizer:
             (self.folder / SPEC_FILE).read_text(encoding="utf-8")
         )
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are not the user's
         if threads:
             options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+            options.inter_op_num_threads = inter_op_threads
         graphs = self.spec["graphs"]
 
         def session(role: str) -> Any:
@@ -150,11 +153,20 @@ class OnnxSummarizer:
         n > 0 forbids any n-gram to occur twice in a summary (Hugging Face's processor of
         that name): the usual cure for the loops a small summariser falls into.
         """
-        limit = int(max_length or self.max_target_length)
-        if limit < 2:
-            raise ValueError(f"max_length must be at least 2 (start + one token), got {limit}")
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        hidden = self.encode_states(input_ids, attention_mask)
+        return self.decode_states(
+            hidden,
+            attention_mask,
+            max_length=max_length,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            use_past=use_past,
+        )
+
+    def encode_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The encoder's last hidden states (rows, tokens, hidden) of a batch of documents."""
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -162,9 +174,28 @@ class OnnxSummarizer:
                 f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must "
                 "be the same (rows, tokens) shape"
             )
-        hidden = self.encoder.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[
-            0
-        ]
+        hidden: np.ndarray = self.encoder.run(
+            None, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )[0]
+        return hidden
+
+    def decode_states(
+        self,
+        hidden: np.ndarray,
+        attention_mask: np.ndarray,
+        *,
+        max_length: int | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        use_past: bool = True,
+    ) -> Generated:
+        """:meth:`generate` from the encoder's states (:meth:`encode_states`)."""
+        limit = int(max_length or self.max_target_length)
+        if limit < 2:
+            raise ValueError(f"max_length must be at least 2 (start + one token), got {limit}")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         ngram = max(int(no_repeat_ngram_size), 0)
         if num_beams == 1:
             return self._greedy(hidden, attention_mask, limit, ngram, use_past)

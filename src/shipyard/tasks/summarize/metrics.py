@@ -42,6 +42,13 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {name: total / len(predictions) for name, total in totals.items()}
 
 
+def summary_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """What a summariser is scored by everywhere (training's test split, the export's ONNX
+    graphs, the gate's re-scoring): ROUGE-1/2/L, and the mean words per summary."""
+    words = [len(p.split()) for p in predictions]
+    return rouge(predictions, references) | {"summary_words": sum(words) / max(len(words), 1)}
+
+
 def sentences(text: str) -> list[str]:
     """The sentences of ``text`` (a rule-based splitter; good enough for the lead baseline,
     and with no model or data download, unlike nltk's punkt)."""

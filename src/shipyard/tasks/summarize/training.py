@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shipyard.console import err_console
 from shipyard.errors import ConfigError
 from shipyard.tasks.text.tokenizer import TOKENIZER_FILE, TextTokenizer
 from shipyard.tasks.text.training import backbone_path
@@ -87,7 +88,7 @@ class SummarizeTraining:
         #: decoder start/end/pad ids of the model last built (its config's)
         self.special: dict[str, int] = {}
 
-    def build_model(self, config: Seq2SeqConfig) -> nn.Module:
+    def build(self, config: Seq2SeqConfig) -> nn.Module:
         """The seq2seq model for ``config``, with its special tokens set for generation."""
         if config.family not in FAMILIES:
             raise ConfigError(
@@ -138,7 +139,7 @@ class SummarizeTraining:
         the start token itself when it shifts the labels right.
         """
         if self.tokenizer is None:
-            raise RuntimeError("build_model must run before encode: the model picks the tokenizer")
+            raise RuntimeError("build must run before encode: the model picks the tokenizer")
         source = self.tokenizer(
             list(documents),
             truncation=True,
@@ -169,7 +170,7 @@ class SummarizeTraining:
         """decoder_start/eos/pad token ids of the model last built (its config's: BERT
         pairs get them from the tokenizer in :func:`_warm_started`, BART/T5 bring their own)."""
         if not self.special:
-            raise RuntimeError("build_model must run before special_ids")
+            raise RuntimeError("build must run before special_ids")
         return dict(self.special)
 
     def write_tokenizer(self, folder: Path) -> Path:
@@ -177,7 +178,7 @@ class SummarizeTraining:
         truncation (``max_source_length``) and batch-longest padding written in, read by
         ``generate.py`` through the text task's :class:`TextTokenizer`."""
         if self.tokenizer is None:
-            raise RuntimeError("build_model must run before write_tokenizer")
+            raise RuntimeError("build must run before write_tokenizer")
         text = TextTokenizer.configured(
             self.tokenizer.backend_tokenizer.to_str(),
             self.config.max_source_length,
@@ -208,12 +209,24 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
 def _warm_started(source: str, tokenizer: Any) -> nn.Module:
     """``EncoderDecoderModel`` from one BERT-style checkpoint on both sides."""
     from transformers import EncoderDecoderModel
+    from transformers.utils import logging as hf_logging
 
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-        source,
-        source,
-        encoder_attn_implementation="eager",
-        decoder_attn_implementation="eager",
+    # transformers reports every weight the decoder copy lacks (its new cross-attention and
+    # output head) in a table of warnings: expected for a warm start, and said here once.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+            source,
+            source,
+            encoder_attn_implementation="eager",
+            decoder_attn_implementation="eager",
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    err_console.print(
+        f"[dim]warm start from {source}: the decoder's cross-attention and output head "
+        "start from random weights and are trained from here[/]"
     )
     ids = special_ids(tokenizer)
     for config in (model.config, model.generation_config):
@@ -271,8 +284,8 @@ def fit(
     """``steps`` AdamW steps on shuffled mini-batches (linear warm-up over the first tenth,
     cosine decay after), teacher-forced cross-entropy on the summary tokens.
 
-    A plain loop so that the core can be tested without a Trainer; ``ShipyardModule`` hosts
-    the same step later (the model's own loss is the training loss for generated text).
+    A plain loop so that the core's tests train a tiny model without a Trainer; ``shipyard
+    train`` trains through ``ShipyardModule`` (teacher-forced, the same loss).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -373,7 +386,9 @@ def generate_ids(
             max_length=max_length,
             num_beams=num_beams,
             do_sample=False,
-            early_stopping=True,
+            # generate() warns about early_stopping without beams; beams stop early (as
+            # the ONNX loop does) once num_beams hypotheses have ended
+            **({"early_stopping": True} if num_beams > 1 else {}),
             length_penalty=1.0,
             no_repeat_ngram_size=no_repeat_ngram_size,
             forced_bos_token_id=None,
@@ -401,11 +416,8 @@ def trim(row: Sequence[int], eos: int, pad: int) -> list[int]:
     return kept
 
 
-TRAINING = SummarizeTraining()
-
 __all__ = [
     "FAMILIES",
-    "TRAINING",
     "Batch",
     "FitReport",
     "Seq2SeqConfig",
