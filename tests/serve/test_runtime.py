@@ -181,3 +181,20 @@ def test_serving_modules_never_import_torch(wine: ModelPackage) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_auto_threads_give_a_heavy_graph_the_cores(wine: ModelPackage) -> None:
+    """serve.intra_op_threads=0: one thread for a light graph (wine: microseconds a row),
+    the usable cores shared by the workers for one the export measured as heavy."""
+    from shipyard.export.package import Latency
+    from shipyard.serve.runtime import HEAVY_GRAPH_MS, auto_threads
+
+    assert wine.manifest.graph("fp32").latency[1].p50_ms < HEAVY_GRAPH_MS
+    assert auto_threads(wine, "fp32") == 1
+    slow = Latency(p50_ms=HEAVY_GRAPH_MS * 4, p95_ms=HEAVY_GRAPH_MS * 5, rows_per_s=50.0)
+    graph = wine.manifest.graph("fp32").model_copy(update={"latency": {1: slow}})
+    heavy = ModelPackage(wine.path, wine.manifest.model_copy(update={"graphs": [graph]}))
+    cores = len(os.sched_getaffinity(0))
+    assert auto_threads(heavy, "fp32") == cores
+    assert auto_threads(heavy, "fp32", workers=cores * 2) == 1
+    assert auto_threads(heavy, "int8") == 1  # no such graph: nothing measured, one thread

@@ -212,7 +212,8 @@ class Rows:
 
     ``features``: images as an array (rows, height, width, channels), 0..255; tables as a
     DataFrame in the snapshot's columns (NaN: missing). ``labels``: the true label text of
-    each row (classes) or the true value (numbers) — what ``/feedback`` sends.
+    each row (classes), the true value (numbers) or the reference text (a model that
+    generates text, e.g. the true summary) — what ``/feedback`` sends.
     """
 
     kind: DataKind
@@ -277,6 +278,8 @@ def _label_texts(snapshot: Snapshot, target: np.ndarray) -> list[str | float]:
     labels = snapshot.labels
     if labels:
         return [labels[int(i)] for i in target.tolist()]
+    if target.dtype.kind in "OUS":  # generated text (summaries): the reference text itself
+        return [str(v) for v in target.tolist()]
     return [float(v) for v in target.astype(np.float64).tolist()]
 
 

@@ -9,10 +9,14 @@ have at least one feedback row, newest prediction first; of several feedback row
 prediction the newest counts (a correction overrides a mistake). Classes: the share whose
 predicted label equals the feedback label (``3`` and ``3.0`` both mean the label ``"3"``,
 as ``POST /feedback`` treats them). Numbers: the mean absolute error of the predicted value
-against the fed-back value; feedback that is not a number is skipped.
+against the fed-back value; feedback that is not a number is skipped. Generated text
+(``output_kind: text``): the mean ROUGE-L F1 of the generated text (the log's ``summary``)
+against the fed-back reference text, scored as at test time
+(:func:`shipyard.tasks.summarize.metrics.rouge`, imported only then); feedback that is not
+a non-empty text is skipped.
 
 *The alert.* ``drop`` is how much worse the live value is than the model's test metric
-(accuracy: test - live; MAE: live - test), so positive is always worse; ``alert`` is set
+(accuracy, ROUGE-L: test - live; MAE: live - test), so positive is always worse; ``alert`` is set
 when ``drop > margin`` and at least ``min_samples`` predictions were scored, so that three
 unlucky requests do not page anyone.
 
@@ -34,8 +38,12 @@ from sqlalchemy.engine import Engine, make_url
 from shipyard.errors import UserError
 from shipyard.serve.predlog import feedback_table, predictions_table
 
-Metric = Literal["accuracy", "mae"]
-METRICS: tuple[str, ...] = ("accuracy", "mae")
+Metric = Literal["accuracy", "mae", "rougeL"]
+METRICS: tuple[str, ...] = ("accuracy", "mae", "rougeL")
+#: metrics where higher is better (the drop is test - live); the others: live - test
+HIGHER_IS_BETTER = ("accuracy", "rougeL")
+#: a generated text's field in the log's ``output`` (``shipyard.serve.http.TEXT_OUTPUT``)
+TEXT_OUTPUT = "summary"
 POSTGRES_CONNECT_TIMEOUT_S = 5
 #: 0.9 - 0.7 is 0.20000000000000007 in floating point: not a drop of more than 0.2
 EPSILON = 1e-9
@@ -45,7 +53,7 @@ EPSILON = 1e-9
 class LiveMetric:
     """The live metric over the feedback window, beside the test metric it is judged by."""
 
-    metric: str  # "accuracy" | "mae"
+    metric: str  # "accuracy" | "mae" | "rougeL"
     value: float | None  # None: no prediction in the window has feedback yet
     samples: int  # predictions scored
     test_value: float | None  # the package's test-split value of the same metric
@@ -149,12 +157,29 @@ def score(rows: list[tuple[Any, Any]], metric: str) -> tuple[float | None, int]:
         if not pairs:
             return None, 0
         return sum(a == b for a, b in pairs) / len(pairs), len(pairs)
+    if metric == "rougeL":
+        return _rouge_l(rows)
     errors = []
     for out, label in rows:
         predicted, truth = _number(_output_field(out, "value")), _number(label)
         if predicted is not None and truth is not None:
             errors.append(abs(predicted - truth))
     return (sum(errors) / len(errors), len(errors)) if errors else (None, 0)
+
+
+def _rouge_l(rows: list[tuple[Any, Any]]) -> tuple[float | None, int]:
+    """Mean ROUGE-L F1 of the generated texts against the fed-back reference texts."""
+    pairs = [
+        (str(_output_field(out, TEXT_OUTPUT)), label)
+        for out, label in rows
+        if _output_field(out, TEXT_OUTPUT) is not None and isinstance(label, str) and label.strip()
+    ]
+    if not pairs:
+        return None, 0
+    from shipyard.tasks.summarize.metrics import rouge
+
+    scores = rouge([p for p, _ in pairs], [r for _, r in pairs])
+    return float(scores["rougeL"]), len(pairs)
 
 
 def live_metric(
@@ -168,7 +193,7 @@ def live_metric(
     margin: float,
     min_samples: int = 1,
 ) -> LiveMetric:
-    """Accuracy (classes) or MAE (numbers) over the newest ``window`` predictions with
+    """Accuracy (classes), MAE (numbers) or ROUGE-L (generated text) over the newest ``window`` predictions with
     feedback, compared with ``test_metric``; see the module doc for what counts.
 
     A log whose tables do not exist yet gives ``value=None, samples=0``; a database that
@@ -194,7 +219,7 @@ def live_metric(
     value, samples = score(rows, metric)
     drop: float | None = None
     if value is not None and test_metric is not None:
-        drop = (test_metric - value) if metric == "accuracy" else (value - test_metric)
+        drop = (test_metric - value) if metric in HIGHER_IS_BETTER else (value - test_metric)
     # a drop equal to the margin is not "more than" it, whatever the float rounding says
     alert = drop is not None and drop > margin + EPSILON and samples >= max(1, min_samples)
     return LiveMetric(
@@ -225,9 +250,10 @@ def package_metric(manifest: Any, precision: str) -> tuple[Metric, float | None]
 def live_margin(
     metric: str, test_value: float | None, accuracy_margin: float, mae_margin: float | None
 ) -> float:
-    """The allowed drop: accuracy points (``monitor.accuracy_margin``), or MAE in target
-    units (``monitor.mae_margin``; null: 25% of the test MAE)."""
-    if metric == "accuracy":
+    """The allowed drop: accuracy points (``monitor.accuracy_margin``, also the ROUGE-L F1
+    points for a model that generates text: both are shares in 0..1), or MAE in target units
+    (``monitor.mae_margin``; null: 25% of the test MAE)."""
+    if metric in HIGHER_IS_BETTER:
         return accuracy_margin
     if mae_margin is not None:
         return mae_margin

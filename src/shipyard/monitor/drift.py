@@ -8,8 +8,10 @@ package's reference (:mod:`.reference`) and compares, with Evidently 0.7:
   a ``DataDriftPreset`` so the HTML report shows them together;
 * the model's **outputs** — the predicted label and its confidence (classes) or the
   predicted value (numbers) — with the same graph's outputs on training rows; an input
-  shift that matters to the model shows up here even when no single feature moves much;
-* the **embedding**, for graphs that export one (images), with Evidently's embedding drift
+  shift that matters to the model shows up here even when no single feature moves much.
+  A model that generates text (``output_kind: text``) has no such column: its documents'
+  features and its encoder embedding are compared;
+* the **embedding**, for graphs that export one (images, texts, summarisers), with Evidently's embedding drift
   method (``monitor.embedding_method``), a multivariate test on the model's own view.
 
 Each of these is one *column* with a method, a score, a threshold and a verdict (the

@@ -6,7 +6,10 @@ manifest's lineage, so the monitor never guesses which data a model saw):
 * **monitor features** — the snapshot's own reference (:meth:`Snapshot.reference`), built
   at prepare time by the same ``Task.monitor_features`` that describes live traffic;
 * **outputs** — the package's ONNX graph run on a seeded sample of the training rows:
-  the predicted label and its confidence (classes) or the predicted value (numbers);
+  the predicted label and its confidence (classes) or the predicted value (numbers); a
+  model that generates text has none (a text is not a column a drift test can compare,
+  and decoding the whole sample would take minutes), so only its embedding is computed —
+  the decoding session then runs the encoder alone;
 * **embeddings** — the graph's ``embedding`` output on those same rows, when it has one.
 
 Outputs and embeddings need the model, so they are computed here, once per package
@@ -42,6 +45,8 @@ from shipyard.tasks.base import OutputKind
 BATCH = 256
 #: the snapshot reference's target column (prepare adds it beside the monitor features)
 TARGET_COLUMN = "target"
+#: the graph output the embedding drift compares
+EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,20 @@ def _score(
         sample = np.asarray(features)[rows]
     model = ServedModel.load(package, name="reference", version="0", precision=precision)
     inputs = task.model_input(sample, input_schema(package.path, snapshot.manifest["schema"]))
+    # A model that generates text: ask for the embedding only (the encoder), not the texts.
+    generates = OutputKind(package.manifest.output_kind) is OutputKind.TEXT
+    wanted = [EMBEDDING] if generates and EMBEDDING in model.output_names else None
+    if generates and wanted is None:
+        return {}
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(inputs), BATCH):
-        for name, value in model.run(inputs[start : start + BATCH]).items():
+        chunk = inputs[start : start + BATCH]
+        if wanted is None:
+            answers = model.run(chunk)
+        else:
+            feed = {model.input_name: np.ascontiguousarray(chunk, dtype=model.input_dtype)}
+            answers = dict(zip(wanted, model.session.run(wanted, feed), strict=True))
+        for name, value in answers.items():
             parts.setdefault(name, []).append(np.asarray(value))
     outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     arrays: dict[str, np.ndarray] = {}
@@ -136,7 +152,12 @@ def _score(
 
 def _outputs_frame(package: ModelPackage, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     manifest = package.manifest
-    if OutputKind(manifest.output_kind) is OutputKind.CLASSES and "label_index" in arrays:
+    kind = OutputKind(manifest.output_kind)
+    if kind is OutputKind.TEXT or not arrays.keys() & {"label_index", "value"}:
+        # no output column to compare (generated text): the frame has the sample's rows only
+        rows = len(arrays[EMBEDDING]) if EMBEDDING in arrays else 0
+        return pd.DataFrame(index=pd.RangeIndex(rows))
+    if kind is OutputKind.CLASSES and "label_index" in arrays:
         labels = manifest.labels or []
         return pd.DataFrame(
             {

@@ -57,19 +57,23 @@ from shipyard.serve.http import (
     HEADER_NAME,
     HEADER_VERSION,
     JSON,
+    TEXT_OUTPUT,
     binary_input,
     error_response,
+    generates_text,
     json_response,
     label_text,
     metadata,
     model_headers,
     new_ids,
+    output_tensor,
     predictions_body,
     read_infer_body,
     read_json,
     read_uploads,
     validate,
     validation_line,
+    with_text,
     without_data,
 )
 from shipyard.serve.inputs import (
@@ -80,7 +84,6 @@ from shipyard.serve.inputs import (
     predict_instances,
     tensor_array,
     to_array,
-    v2_datatype,
 )
 from shipyard.serve.middleware import LeanRoutes, ServeMiddleware
 from shipyard.serve.reload import ReloadOutcome, ReloadRefused
@@ -251,6 +254,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
 
     async def answer(features: np.ndarray, raw: list[Any] | None, started: float) -> Response:
         outputs, model = await server.predict(features)
+        outputs = with_text(model, outputs)
         ids = new_ids(len(features))
         body = predictions_body(model, outputs, ids)
         server.record(ids, model, logged(features), raw, outputs, started)
@@ -289,7 +293,9 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         """Images: nested lists height x width (x channels) of numbers 0..255. Tables: objects
-        `{column: number or null}` or lists in column order (null: missing). Up to
+        `{column: number or null}` or lists in column order (null: missing). Texts: strings
+        or `{"text": string}`; a model that generates text answers a `summary` per
+        instance. Up to
         `serve.max_instances` instances per request; each prediction has an `id` for
         `POST /feedback`."""
         started = time.perf_counter()
@@ -362,7 +368,8 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
     )
     async def feedback(request: Request) -> Response:
         """The id is not checked against the log: feedback may arrive before its prediction
-        has been written. Class labels must be one of the model's labels."""
+        has been written. Class labels must be one of the model's labels; a model that
+        generates text takes the reference text (e.g. the true summary) as the label."""
         item: schemas.FeedbackRequest = validate(
             schemas.FeedbackRequest, await read_json(request, settings)
         )
@@ -377,6 +384,14 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
                     f"label {label!r} is not one of the model's labels ({shown})", kind="bad_label"
                 )
             label = text
+        elif model is not None and generates_text(model):
+            if not isinstance(label, str) or not label.strip():
+                found = "an empty text" if isinstance(label, str) else f"the number {label!r}"
+                raise RequestError(
+                    f"label is {found}, but this model generates text; send the reference "
+                    "text (e.g. the true summary) as the label",
+                    kind="bad_label",
+                )
         elif isinstance(label, str):
             raise RequestError(
                 f"label {label!r} is text, but this model predicts numbers; send the true value",
@@ -540,6 +555,8 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
                 layout, tensor.shape, tensor.datatype, raw, settings.max_instances
             )
         known = [spec.name for spec in expected.manifest.outputs]
+        if generates_text(expected):
+            known.insert(0, TEXT_OUTPUT)  # the generated ids, decoded by the server
         wanted = [o.name for o in req.outputs] if req.outputs else known
         unknown = [name for name in wanted if name not in known]
         if unknown:
@@ -549,6 +566,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
                 kind="bad_output_name",
             )
         outputs, model = await server.predict(features)
+        outputs = with_text(model, outputs)
         ids = new_ids(len(features))
         server.record(ids, model, logged(features), texts, outputs, started)
         body = {
@@ -556,16 +574,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
             "model_version": model.version,
             "id": req.id,
             "parameters": {"prediction_ids": ids},
-            "outputs": [
-                {
-                    "name": name,
-                    "shape": list(outputs[name].shape),
-                    "datatype": v2_datatype(outputs[name].dtype),
-                    "data": outputs[name].ravel(),
-                }
-                for name in wanted
-                if name in outputs
-            ],
+            "outputs": [output_tensor(name, outputs[name]) for name in wanted if name in outputs],
         }
         return json_response(body, headers=model_headers(model))
 
@@ -585,8 +594,10 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
     )
     async def v2_infer(model_name: str, request: Request) -> Response:
         """One input tensor named as in the metadata (`features`), FP32 (or another numeric
-        type), shape `[rows, ...]` with data flat or nested; outputs `probabilities` or
-        `value`, and `embedding` when the model has one."""
+        type), shape `[rows, ...]` with data flat or nested; text models take a BYTES tensor
+        `text` of shape `[rows]`. Outputs `probabilities` or `value`, and `embedding` when
+        the model has one; a model that generates text answers `summary` (BYTES, one UTF-8
+        text per row) beside the generated ids `sequences`."""
         return await infer(request, model_name, None)
 
     @app.post(

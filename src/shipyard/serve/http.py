@@ -19,6 +19,7 @@ from shipyard.serve.inputs import (
     v2_datatype,
 )
 from shipyard.serve.settings import ServeSettings
+from shipyard.tasks.base import OutputKind
 
 if TYPE_CHECKING:
     from shipyard.serve.runtime import ServedModel
@@ -30,6 +31,10 @@ HEADER_VERSION = "X-Model-Version"
 #: the V2 binary data extension (KServe, Triton): the JSON header's length; raw tensors follow
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_DATA_SIZE = "binary_data_size"
+#: a text-generating model's answer: the ``/predict`` field and the V2 BYTES output
+TEXT_OUTPUT = "summary"
+#: a text-generating model's graph output: the generated token ids
+SEQUENCES = "sequences"
 
 
 def json_response(
@@ -51,13 +56,66 @@ def new_ids(n: int) -> list[str]:
     return [blob[i * 32 : (i + 1) * 32] for i in range(n)]
 
 
+def generates_text(model: ServedModel) -> bool:
+    """Whether the model's output kind is ``text`` (generated text, e.g. a summary)."""
+    return model.manifest.output_kind == OutputKind.TEXT.value
+
+
+def with_text(model: ServedModel, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A text-generating model's outputs with the generated texts added as
+    :data:`TEXT_OUTPUT` (a numpy ``str`` array, one text per row) and ``sequences`` cut to
+    the request's own longest row: the batcher pads a request's rows to the whole batch's
+    longest, so without the cut an answer's width would depend on its neighbours. Other
+    models' outputs are returned as they are."""
+    if not generates_text(model):
+        return outputs
+    sequences = trim_padding(outputs[SEQUENCES], model.pad_id)
+    texts = model.decode_text(sequences)
+    return {**outputs, SEQUENCES: sequences, TEXT_OUTPUT: np.array(texts, dtype=np.str_)}
+
+
+def trim_padding(sequences: np.ndarray, pad_id: int | None) -> np.ndarray:
+    """``sequences`` without the trailing columns that are padding in every row (one
+    column at least, as the session gives)."""
+    if pad_id is None or sequences.ndim != 2 or sequences.shape[1] <= 1:
+        return sequences
+    real = np.flatnonzero((sequences != pad_id).any(axis=0))
+    width = int(real[-1]) + 1 if len(real) else 1
+    return sequences[:, :width]
+
+
+def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
+    """One V2 response output: texts as ``BYTES`` (a list of strings), numbers flat."""
+    if value.dtype.kind in "US":
+        return {
+            "name": name,
+            "shape": list(value.shape),
+            "datatype": "BYTES",
+            "data": value.tolist(),
+        }
+    return {
+        "name": name,
+        "shape": list(value.shape),
+        "datatype": v2_datatype(value.dtype),
+        "data": value.ravel(),
+    }
+
+
 def predictions_body(
     model: ServedModel, outputs: dict[str, np.ndarray], ids: list[str]
 ) -> dict[str, Any]:
-    """The ``/predict`` answer: per row a label and probabilities, or a value."""
+    """The ``/predict`` answer: per row a label and probabilities, a value, or (a model
+    that generates text) the generated text as ``summary``."""
     manifest = model.manifest
     predictions: list[dict[str, Any]]
-    if manifest.output_kind == "classes" and manifest.labels:
+    if generates_text(model):
+        texts = (
+            outputs[TEXT_OUTPUT].tolist()
+            if TEXT_OUTPUT in outputs
+            else model.decode_text(outputs[SEQUENCES])
+        )
+        predictions = [{"id": i, TEXT_OUTPUT: t} for i, t in zip(ids, texts, strict=True)]
+    elif manifest.output_kind == "classes" and manifest.labels:
         labels = manifest.labels
         probabilities = outputs["probabilities"]
         best = probabilities.argmax(axis=1).tolist()
@@ -257,12 +315,16 @@ def metadata(model: ServedModel) -> dict[str, Any]:
         # Clients send texts; the server tokenises them into the graph's token ids.
         inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
         parameters["max_length"] = manifest.tokenizer.max_length
+    outputs = [tensor(spec) for spec in manifest.outputs]
+    if generates_text(model):
+        # The server decodes the generated ids into one UTF-8 text per row.
+        outputs.insert(0, {"name": TEXT_OUTPUT, "datatype": "BYTES", "shape": [-1]})
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
         "inputs": inputs,
-        "outputs": [tensor(spec) for spec in manifest.outputs],
+        "outputs": outputs,
         "parameters": parameters,
     }
 

@@ -39,6 +39,10 @@ from shipyard.serve.predlog import FeedbackRow, PredictionLog, PredictionRow, en
 log = logging.getLogger("shipyard.serve.logwriter")
 
 FRAME_HEADER = struct.Struct("<I")
+#: a text-generating model's output array (numpy ``str``, one text per row), as
+#: :data:`shipyard.serve.http.TEXT_OUTPUT` names it (not imported: this process needs no
+#: FastAPI)
+TEXT_OUTPUT = "summary"
 STATS_INTERVAL_S = 1.0
 
 
@@ -92,9 +96,13 @@ class RowBuilder:
         probabilities = arrays.get("probabilities")
         outputs: list[dict[str, Any]]
         probs: list[Any]
+        texts_out = arrays.get(TEXT_OUTPUT)
         if probabilities is not None and labels:
             probs = probabilities.tolist()
             outputs = [{"label": labels[b]} for b in probabilities.argmax(axis=1).tolist()]
+        elif texts_out is not None:  # a model that generates text: the text it generated
+            probs = [None] * n
+            outputs = [{TEXT_OUTPUT: str(text)} for text in texts_out.tolist()]
         else:
             probs = [None] * n
             values = arrays.get("value")

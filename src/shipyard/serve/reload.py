@@ -45,7 +45,7 @@ from shipyard.export.package import (
     load_package,
     sha256_file,
 )
-from shipyard.serve.runtime import ServedModel
+from shipyard.serve.runtime import ServedModel, auto_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -340,11 +340,14 @@ def load_served(
 ) -> ServedModel:
     """Open ``package`` as the settings say (precision, ONNX Runtime threads), with its
     smoke check: what a worker loads, and what ``shipyard serve`` checks before it starts."""
+    threads = settings.intra_op_threads or auto_threads(
+        package, settings.precision, settings.workers
+    )
     return ServedModel.load(
         package,
         name=name,
         version=version,
         precision=settings.precision,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=threads,
         inter_op_threads=settings.inter_op_threads,
     )

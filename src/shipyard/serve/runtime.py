@@ -24,6 +24,7 @@ import numpy as np
 
 from shipyard.errors import UserError
 from shipyard.export.package import Manifest, ModelPackage, TensorSpec
+from shipyard.export.scoring import is_generator
 from shipyard.tasks.base import OutputKind
 from shipyard.tasks.text.tokenizer import TextTokenizer
 
@@ -88,6 +89,15 @@ class ServedModel:
         values = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, values, strict=True))
 
+    def decode_text(self, sequences: np.ndarray) -> list[str]:
+        """Generated token ids (the ``sequences`` output of a model whose output kind is
+        ``text``) as texts, one per row, by the package's own decoder (special tokens and
+        padding dropped)."""
+        decode = getattr(self.session, "decode", None)
+        if decode is None:
+            raise TypeError(f"{self.name} v{self.version} does not generate text")
+        return [str(text) for text in decode(sequences)]
+
     @classmethod
     def load(
         cls,
@@ -146,6 +156,31 @@ class ServedModel:
 
 # -- the session --------------------------------------------------------------------------
 
+#: a graph slower than this for one row (p50 at batch 1, measured at export) is heavy
+HEAVY_GRAPH_MS = 5.0
+
+
+def auto_threads(package: ModelPackage, precision: str, workers: int = 1) -> int:
+    """ONNX Runtime intra-op threads for ``serve.intra_op_threads: 0`` (auto).
+
+    One for a light graph: the batcher turns a busy server into large batches on one
+    thread, and HTTP and parsing need the other cores (the image models: under 1 ms a
+    row). Every usable core, shared among the workers, for a heavy one (a transformer: 20 ms
+    to seconds a request), whose cost is the model, not HTTP: MiniLM on 128-token texts
+    served 49 requests/s with one thread and 87 with two on two cores
+    (docs/benchmarks.md, text serving). The export's own latency says which it is.
+    """
+    import os
+
+    try:
+        latency = package.manifest.graph(precision).latency.get(1)
+    except UserError:
+        latency = None
+    if latency is None or latency.p50_ms < HEAVY_GRAPH_MS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(workers, 1))
+
 
 def _session(path: Path, where: str, intra_op_threads: int, inter_op_threads: int) -> Any:
     """A CPU session with every graph optimisation.
@@ -154,6 +189,8 @@ def _session(path: Path, where: str, intra_op_threads: int, inter_op_threads: in
     ORT has no pool to spin; with two, ``bench_batcher.py --tune`` found spinning on, off
     and ORT's default within run-to-run noise under the batcher, so ORT's default stays.
     """
+    if is_generator(path):
+        return _generation_session(path, where, intra_op_threads, inter_op_threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -167,6 +204,24 @@ def _session(path: Path, where: str, intra_op_threads: int, inter_op_threads: in
     except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
         raise ModelLoadError(
             f"cannot serve {where}: ONNX Runtime cannot open {path.name} "
+            f"({type(exc).__name__}: {_first_line(exc)}); {FIX}"
+        ) from None
+
+
+def _generation_session(
+    path: Path, where: str, intra_op_threads: int, inter_op_threads: int
+) -> Any:
+    """A seq2seq package's decoding loop, which answers like one session (token ids in,
+    generated ids and the embedding out)."""
+    from shipyard.tasks.summarize.session import GenerationSession
+
+    try:
+        return GenerationSession(
+            path.parent, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
+        )
+    except Exception as exc:  # ORT's pybind errors, a broken generation.json
+        raise ModelLoadError(
+            f"cannot serve {where}: its decoding graphs do not open "
             f"({type(exc).__name__}: {_first_line(exc)}); {FIX}"
         ) from None
 
@@ -298,7 +353,10 @@ def _smoke(model: ServedModel, where: str) -> None:
     for spec in manifest.outputs:
         value = outputs[spec.name]
         expected = (len(rows), *(d for d in spec.shape[1:]))
-        if value.shape != expected or str(value.dtype) != spec.dtype:
+        fits = len(value.shape) == len(expected) and all(
+            want is None or got == want for got, want in zip(value.shape, expected, strict=True)
+        )
+        if not fits or str(value.dtype) != spec.dtype:
             raise ModelLoadError(
                 f"cannot serve {where}: the smoke prediction's {spec.name!r} is "
                 f"{value.dtype}{list(value.shape)}, the manifest says {spec.dtype}"
@@ -335,6 +393,11 @@ def _check_kind(manifest: Manifest, outputs: dict[str, np.ndarray], where: str) 
                 f"cannot serve {where}: 'probabilities' are not probabilities on the smoke "
                 f"rows (row sums {np.round(sums, 4).tolist()}); {FIX}"
             )
+    elif kind is OutputKind.TEXT and "sequences" not in outputs:
+        raise ModelLoadError(
+            f"cannot serve {where}: a text-generating model needs a 'sequences' output, the "
+            f"graph has {sorted(outputs)}; {FIX}"
+        )
     elif kind is OutputKind.NUMBER and "value" not in outputs:
         raise ModelLoadError(
             f"cannot serve {where}: a number model needs a 'value' output, the graph has "

@@ -26,6 +26,12 @@ DIGIT = [
     [0, 32, 224, 96, 224, 48, 0, 0],
     [0, 0, 96, 224, 128, 0, 0, 0],
 ]
+DOCUMENT = (
+    "We present a method for summarising scientific papers. An encoder reads the paper's "
+    "introduction and a decoder writes its abstract one token at a time. On the ACLSum "
+    "benchmark the model beats the lead-3 baseline by four ROUGE-L points."
+)
+DOCUMENT_SUMMARY = "a method that writes a paper's abstract from its introduction."
 WINE_ROW = {
     "alcohol": 13.2,
     "malic_acid": 1.78,
@@ -124,6 +130,10 @@ PREDICT_EXAMPLES: dict[str, Any] = {
         "summary": "Text: strings (a text model)",
         "value": {"instances": ["Shares in the carmaker rose after strong quarterly sales."]},
     },
+    "document": {
+        "summary": "Document: a text to summarise (a model that generates text)",
+        "value": {"instances": [DOCUMENT]},
+    },
 }
 
 
@@ -138,10 +148,19 @@ class ValuePrediction(BaseModel):
     value: float = Field(description="The predicted number.")
 
 
-class PredictResponse(BaseModel):
-    """One prediction per instance, in order, and the model version that made them."""
+class SummaryPrediction(BaseModel):
+    id: str = Field(description="Prediction id: send it back with POST /feedback.")
+    summary: str = Field(
+        description="The generated text (output_kind text), decoded by the server; the "
+        "model's own decoding settings (generation.json) apply."
+    )
 
-    predictions: list[ClassPrediction | ValuePrediction]
+
+class PredictResponse(BaseModel):
+    """One prediction per instance, in order, and the model version that made them: a
+    label and probabilities (classes), a value (numbers) or a summary (generated text)."""
+
+    predictions: list[ClassPrediction | ValuePrediction | SummaryPrediction]
     model: ModelRef
 
     model_config = ConfigDict(
@@ -158,7 +177,13 @@ class PredictResponse(BaseModel):
                         }
                     ],
                     "model": {"name": "digits", "version": "3"},
-                }
+                },
+                {
+                    "predictions": [
+                        {"id": "9a1e2b3c4d5e6f708192a3b4c5d6e7f8", "summary": DOCUMENT_SUMMARY}
+                    ],
+                    "model": {"name": "aclsum", "version": "1"},
+                },
             ]
         }
     )
@@ -174,13 +199,17 @@ class FeedbackRequest(_Model):
     # strict: lax mode would take ``false``/``true`` as 0.0/1.0 (the label "0"/"1"), which
     # the schema (string or number) does not allow; JSON integers are still numbers
     label: StrictStr | StrictFloat = Field(
-        description="The true class label (classes) or the true value (numbers)."
+        description="The true class label (classes), the true value (numbers) or the "
+        "reference text, e.g. the true summary (a model that generates text)."
     )
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"prediction_id": "5f0c3b7e2a4d4c1f9f3a1d2e3c4b5a69", "label": "0"}]
+            "examples": [
+                {"prediction_id": "5f0c3b7e2a4d4c1f9f3a1d2e3c4b5a69", "label": "0"},
+                {"prediction_id": "9a1e2b3c4d5e6f708192a3b4c5d6e7f8", "label": DOCUMENT_SUMMARY},
+            ]
         },
     )
 
@@ -325,7 +354,10 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[float]
+    data: list[float | str] = Field(
+        description="Row-major values, flat: numbers, or UTF-8 texts for a BYTES output "
+        "(`summary`, the text a model generates)."
+    )
 
 
 class InferResponse(BaseModel):
@@ -354,7 +386,21 @@ class InferResponse(BaseModel):
                             "data": [0.982, *([0.002] * 9)],
                         }
                     ],
-                }
+                },
+                {
+                    "model_name": "aclsum",
+                    "model_version": "1",
+                    "id": "req-2",
+                    "parameters": {"prediction_ids": ["9a1e2b3c4d5e6f708192a3b4c5d6e7f8"]},
+                    "outputs": [
+                        {
+                            "name": "summary",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [DOCUMENT_SUMMARY],
+                        }
+                    ],
+                },
             ]
         },
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.errors import UserError
+from shipyard.serve.http import SEQUENCES, TEXT_OUTPUT, with_text
 from shipyard.serve.inputs import (
     InputLayout,
     RequestError,
@@ -22,6 +23,7 @@ from shipyard.serve.inputs import (
 from shipyard.serve.metrics import Metrics, mark_dead
 from shipyard.serve.reload import ModelHolder, NotReady
 from shipyard.serve.settings import ServeSettings
+from shipyard.tasks.base import OutputKind
 
 if TYPE_CHECKING:
     from shipyard.serve.batcher import Batcher
@@ -219,6 +221,13 @@ class Server:
             )
             for index in np.flatnonzero(best).tolist():
                 self._label_counter(model.name, manifest.labels[index]).inc(int(best[index]))
+        elif manifest.output_kind == OutputKind.TEXT.value:
+            self._label_counter(model.name, TEXT_OUTPUT).inc(len(ids))
+            # The log keeps the generated text, not its ids: requests' ``sequences`` differ
+            # in width, and the recorder joins a frame's outputs row-wise.
+            if TEXT_OUTPUT not in outputs:
+                outputs = with_text(model, outputs)
+            outputs = {k: v for k, v in outputs.items() if k != SEQUENCES}
         else:
             self._label_counter(model.name, "value").inc(len(ids))
         if self.recorder is not None and self.layout is not None:

@@ -67,7 +67,8 @@ class ServeSettings(BaseSettings):
     graceful_timeout_s: float = Field(default=30.0, ge=0)
 
     # -- ONNX Runtime and batching --------------------------------------------------------
-    intra_op_threads: int = Field(default=1, ge=1)
+    #: 0: auto (``runtime.auto_threads``: one for a light graph, the cores for a heavy one)
+    intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=1, ge=1)
     max_batch_size: int = Field(default=128, ge=1)
     max_wait_ms: float = Field(default=0.0, ge=0)

@@ -1,9 +1,11 @@
 /* "Try the model": discover the served model, build its input (a drawing pad for images,
- * a form for tables), predict through the public API, show the answer and take feedback. */
+ * a form for tables, a text box for texts), predict through the public API, show the
+ * answer (a label, a value or a generated text) and take feedback. */
 
 import { $, ApiError, api, bar, el, number, percent, setModel, setStatus, show } from "./common.js";
 
-/** The model's input: {kind: "image", height, width, channels} or {kind: "table", columns}. */
+/** The model's input: {kind: "image", height, width, channels}, {kind: "table", columns}
+ * or {kind: "text"}. */
 let layout = null;
 /** The id of the prediction on show, for feedback. */
 let lastId = null;
@@ -47,6 +49,9 @@ function buildInput(meta) {
   if (Array.isArray(params.columns) && params.columns.length) {
     layout = { kind: "table", columns: params.columns };
     buildTable(params.columns, params.example || null);
+  } else if (input.datatype === "BYTES") {
+    layout = { kind: "text" };
+    buildText(params.output_kind === "text");
   } else if (shape.length === 4 || shape.length === 3) {
     const channels = shape.length === 4 ? shape[3] : 1;
     layout = { kind: "image", height: shape[1], width: shape[2], channels };
@@ -59,6 +64,27 @@ function buildInput(meta) {
       "). POST JSON instances to /predict; GET /docs describes the API.";
     show(unsupported, true);
   }
+}
+
+// -- text input ---------------------------------------------------------------------
+
+function buildText(generates) {
+  const field = $("text-field");
+  $("text-label").textContent = generates ? "Document to summarise" : "Text";
+  show($("text-input"), true);
+  $("text-input").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!field.value.trim()) {
+      showError(new ApiError("Type a text first.", "form", 0));
+      field.focus();
+      return;
+    }
+    predictJson({ instances: [field.value] });
+  });
+  $("clear-text").addEventListener("click", () => {
+    field.value = "";
+    field.focus();
+  });
 }
 
 // -- tabular input ------------------------------------------------------------------
@@ -314,7 +340,14 @@ function showPrediction(answer) {
   $("result-id").textContent = prediction.id;
   const bars = $("bars");
   bars.replaceChildren();
-  if (prediction.probabilities) {
+  $("answer").classList.toggle("long", typeof prediction.summary === "string");
+  if (typeof prediction.summary === "string") {
+    $("answer-kind").textContent = "Summary";
+    $("answer").textContent = prediction.summary || "(an empty text)";
+    $("answer-confidence").textContent = "";
+    show($("bars-title"), false);
+    show($("feedback"), false);
+  } else if (prediction.probabilities) {
     $("answer-kind").textContent = "Label";
     $("answer").textContent = prediction.label;
     const probabilities = prediction.probabilities;
