@@ -195,8 +195,12 @@ def lua_string(data: bytes) -> str:
     return '"' + "".join(f"\\{b}" for b in data) + '"'
 
 
-def run_wrk(port: int, request: Request, concurrency: int, duration: int) -> dict[str, Any]:
-    """wrk with a POST body; requests/s, p50 and p99 (ms), errors (non-2xx + socket errors)."""
+def run_wrk(
+    port: int, request: Request, concurrency: int, duration: int, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """wrk with a POST body; requests/s, p50 and p99 (ms), errors (non-2xx + socket errors).
+    ``timeout_s``: wrk's per-request timeout (its default is 2 s; a slower answer counts as
+    a socket timeout error)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
         for name, value in request.headers.items():
@@ -205,6 +209,7 @@ def run_wrk(port: int, request: Request, concurrency: int, duration: int) -> dic
     threads = min(2, concurrency)
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--latency",
+         *(["--timeout", f"{timeout_s:g}s"] if timeout_s else []),
          "-s", script.name, f"http://127.0.0.1:{port}{request.path}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
