@@ -19,8 +19,10 @@ process as one binary frame (:mod:`shipyard.serve.recorder`), where rows are bui
 written. ``shipyard serve`` freezes its startup heap out of the garbage collector
 (:func:`~shipyard.serve.server.tune_gc`). The pieces: :mod:`~shipyard.serve.server` (what a
 worker holds), :mod:`~shipyard.serve.http` (reading and answering requests),
-:mod:`~shipyard.serve.middleware` (metrics, headers, lean dispatch); this module defines the
-routes.
+:mod:`~shipyard.serve.middleware` (metrics, headers, lean dispatch),
+:mod:`~shipyard.serve.v2` (the Open Inference Protocol routes),
+:mod:`~shipyard.serve.openapi_docs` (the shared OpenAPI descriptions); this module defines
+the predict, feedback, metrics and admin routes.
 
 Every refusal is a :class:`~shipyard.serve.inputs.RequestError` rendered as
 ``{"error": "<one line>", "kind": "<short name>"}`` (the Open Inference Protocol's error
@@ -47,138 +49,55 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shipyard.errors import UserError
 from shipyard.serve import schemas
 from shipyard.serve.http import (
-    BINARY_DATA_SIZE,
-    HEADER_NAME,
-    HEADER_VERSION,
-    JSON,
-    TEXT_OUTPUT,
-    binary_input,
     error_response,
     generates_text,
     json_response,
     label_text,
-    metadata,
+    log_features,
     model_headers,
     new_ids,
-    output_tensor,
     predictions_body,
-    read_infer_body,
     read_json,
     read_uploads,
     validate,
     validation_line,
     with_text,
-    without_data,
 )
 from shipyard.serve.inputs import (
     RequestError,
-    binary_tensor_array,
     check_count,
     decode_image,
     predict_instances,
-    tensor_array,
     to_array,
 )
 from shipyard.serve.middleware import LeanRoutes, ServeMiddleware
+from shipyard.serve.openapi_docs import (
+    ADMIN_ERRORS,
+    ERRORS,
+    REQUEST_MODELS,
+    UPLOAD_BODY,
+    json_body,
+    ok,
+)
 from shipyard.serve.reload import ReloadOutcome, ReloadRefused
 from shipyard.serve.server import Server
 from shipyard.serve.settings import ADMIN_TOKEN_ENV, ServeSettings, load_settings
-from shipyard.serve.text_inputs import encode_texts, text_instances, text_tensor
+from shipyard.serve.text_inputs import text_instances
+from shipyard.serve.v2 import add_v2_routes
 
 if TYPE_CHECKING:
-    from shipyard.serve.runtime import ServedModel
+    pass
 
 
 log = logging.getLogger("shipyard.serve")
-#: text requests with more characters than this are tokenised in a thread (measured: ~15 µs
-#: for a sentence, ~2 ms for a 2,000-character article with truncation)
-TOKENIZE_INLINE_CHARS = 4000
 
 
 # -- the app -------------------------------------------------------------------------------------
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": schemas.ErrorResponse, "description": "The body is not valid JSON / multipart."},
-    413: {
-        "model": schemas.ErrorResponse,
-        "description": "Body, instance count or image over a limit.",
-    },
-    415: {
-        "model": schemas.ErrorResponse,
-        "description": "Wrong Content-Type, or bytes that are not an image.",
-    },
-    422: {
-        "model": schemas.ErrorResponse,
-        "description": "Wrong shape, type, value or columns: the message names the instance and what was expected.",
-    },
-    503: {
-        "model": schemas.ErrorResponse,
-        "description": "No model loaded yet, or the queue is full: retry after `Retry-After` seconds.",
-        "headers": {
-            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}
-        },
-    },
-}
-MODEL_HEADERS = {
-    HEADER_NAME: {"schema": {"type": "string"}, "description": "Name of the model that answered."},
-    HEADER_VERSION: {"schema": {"type": "string"}, "description": "Its version."},
-}
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {
-        "model": schemas.ErrorResponse,
-        "description": "Missing or wrong bearer token.",
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-    },
-    403: {
-        "model": schemas.ErrorResponse,
-        "description": f"Admin routes are disabled: {ADMIN_TOKEN_ENV} is not set.",
-    },
-    409: {"model": schemas.ErrorResponse, "description": "Refused: the old model keeps serving."},
-}
-
-
-def _ok(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
-    return {200: {"model": model, "description": description, "headers": MODEL_HEADERS}}
-
-
-def _json_body(model: type[BaseModel], examples: dict[str, Any] | None = None) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-    if examples:
-        media["examples"] = examples
-    return {"requestBody": {"required": True, "content": {JSON: media}}}
-
-
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "One or more image files (any field name).",
-                        }
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (
-    schemas.PredictRequest,
-    schemas.InferRequest,
-    schemas.FeedbackRequest,
-)
 
 
 def create_app_from_env() -> FastAPI:
@@ -257,39 +176,16 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         outputs = with_text(model, outputs)
         ids = new_ids(len(features))
         body = predictions_body(model, outputs, ids)
-        server.record(ids, model, logged(features), raw, outputs, started)
+        server.record(ids, model, log_features(features), raw, outputs, started)
         return json_response(body, headers=model_headers(model))
-
-    def logged(features: np.ndarray) -> np.ndarray:
-        """What the prediction log gets as features: texts go in as ``raw`` (the log and the
-        monitor describe the text, not its token ids), so a text row logs no array."""
-        if features.dtype.kind == "i":
-            return np.zeros((len(features), 0), dtype=np.float32)
-        return features
-
-    async def tokenize(texts: list[str], what: str = "instance") -> np.ndarray:
-        """Texts -> token ids by the served model's own tokenizer (loaded with its graph).
-        Long texts cost ~2 ms each (truncation tokenises the cut-off tail too), so a large
-        request is tokenised in a thread, off the event loop; short ones (~15 µs) inline."""
-        model = server.holder.current
-        if model is None or model.tokenizer is None:
-            raise RequestError(
-                "no model is loaded yet", kind="not_ready", status=503, headers={"Retry-After": "1"}
-            )
-        tokenizer, truncate = model.tokenizer, settings.text_truncate
-        if sum(len(t) for t in texts) > TOKENIZE_INLINE_CHARS:
-            ids = await asyncio.to_thread(encode_texts, tokenizer, texts, truncate, what)
-        else:
-            ids = encode_texts(tokenizer, texts, truncate, what)
-        return ids  # type: ignore[no-any-return]
 
     @app.post(
         "/predict",
         tags=["predict"],
         summary="Predict one or many instances (JSON)",
         response_model=schemas.PredictResponse,
-        responses={**_ok(schemas.PredictResponse, "One prediction per instance."), **ERRORS},
-        openapi_extra=_json_body(schemas.PredictRequest, schemas.PREDICT_EXAMPLES),
+        responses={**ok(schemas.PredictResponse, "One prediction per instance."), **ERRORS},
+        openapi_extra=json_body(schemas.PredictRequest, schemas.PREDICT_EXAMPLES),
     )
     async def predict(request: Request) -> Response:
         """Images: nested lists height x width (x channels) of numbers 0..255. Tables: objects
@@ -304,7 +200,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         instances, _ = predict_instances(payload, settings.max_instances)
         if layout.kind == "text":
             texts = text_instances(layout, instances)
-            return await answer(await tokenize(texts), texts, started)
+            return await answer(await server.tokenize(texts), texts, started)
         features = to_array(layout, instances)
         return await answer(features, instances if layout.kind == "table" else None, started)
 
@@ -313,7 +209,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         tags=["predict"],
         summary="Predict image files (multipart upload or a raw image body)",
         response_model=schemas.PredictResponse,
-        responses={**_ok(schemas.PredictResponse, "One prediction per file, in order."), **ERRORS},
+        responses={**ok(schemas.PredictResponse, "One prediction per file, in order."), **ERRORS},
         openapi_extra=UPLOAD_BODY,
     )
     async def predict_upload(request: Request) -> Response:
@@ -364,7 +260,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
             **ERRORS,
             409: {"model": schemas.ErrorResponse, "description": "The prediction log is off."},
         },
-        openapi_extra=_json_body(schemas.FeedbackRequest),
+        openapi_extra=json_body(schemas.FeedbackRequest),
     )
     async def feedback(request: Request) -> Response:
         """The id is not checked against the log: feedback may arrive before its prediction
@@ -423,193 +319,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         server.refresh_gauges()
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
-    # -- Open Inference Protocol -------------------------------------------------------------
-
-    @app.get("/v2", tags=["v2"], summary="Server metadata", response_model=schemas.ServerMetadata)
-    async def v2_server() -> Response:
-        return json_response({"name": "shipyard", "version": __version__, "extensions": []})
-
-    @app.get("/v2/health/live", tags=["v2"], summary="Liveness", response_model=schemas.ServerLive)
-    async def live() -> Response:
-        return json_response({"live": True})
-
-    @app.get(
-        "/v2/health/ready",
-        tags=["v2"],
-        summary="Readiness: 200 once a model is loaded, else 503",
-        response_model=schemas.ServerReady,
-        responses={503: {"model": schemas.ServerReady, "description": "No model loaded (yet)."}},
-    )
-    async def ready() -> Response:
-        ok = server.holder.ready and server.batcher is not None
-        return json_response({"ready": ok}, 200 if ok else 503)
-
-    def served(name: str, version: str | None = None) -> ServedModel:
-        model = server.holder.current
-        if model is None:
-            raise RequestError(
-                "no model is loaded yet", kind="not_ready", status=503, headers={"Retry-After": "1"}
-            )
-        if name != model.name:
-            raise RequestError(
-                f"no model named {name!r} here; this server serves {model.name!r} "
-                f"(GET /v2/models/{model.name})",
-                kind="unknown_model",
-                status=404,
-            )
-        if version is not None and version != model.version:
-            raise RequestError(
-                f"{name} has no version {version!r} here; this server serves v{model.version}",
-                kind="unknown_model",
-                status=404,
-            )
-        return model
-
-    v2_errors: dict[int | str, dict[str, Any]] = {
-        404: {"model": schemas.ErrorResponse, "description": "Unknown model name or version."},
-        503: ERRORS[503],
-    }
-
-    @app.get(
-        "/v2/models/{model_name}",
-        tags=["v2"],
-        summary="Model metadata: inputs and outputs with datatype and shape",
-        response_model=schemas.ModelMetadata,
-        responses=v2_errors,
-    )
-    async def model_metadata(model_name: str) -> Response:
-        return json_response(metadata(served(model_name)))
-
-    @app.get(
-        "/v2/models/{model_name}/versions/{model_version}",
-        tags=["v2"],
-        summary="Model metadata of one version",
-        response_model=schemas.ModelMetadata,
-        responses=v2_errors,
-    )
-    async def model_version_metadata(model_name: str, model_version: str) -> Response:
-        return json_response(metadata(served(model_name, model_version)))
-
-    @app.get(
-        "/v2/models/{model_name}/ready",
-        tags=["v2"],
-        summary="Model readiness",
-        response_model=schemas.ModelReady,
-        responses=v2_errors,
-    )
-    async def model_ready(model_name: str) -> Response:
-        served(model_name)
-        return json_response({"name": model_name, "ready": True})
-
-    async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
-        started = time.perf_counter()
-        expected = served(model_name, model_version)
-        layout = server.require_layout()
-        payload, binary = await read_infer_body(request, settings)
-        light = payload
-        if isinstance(payload, dict) and isinstance(payload.get("inputs"), list):
-            # ``data`` can be thousands of numbers: keep it out of pydantic's per-item work
-            light = {**payload, "inputs": [without_data(i) for i in payload["inputs"]]}
-        req: schemas.InferRequest = validate(schemas.InferRequest, light)
-        if len(req.inputs) != 1 or req.inputs[0].name != layout.input_name:
-            given = ", ".join(repr(i.name) for i in req.inputs)
-            raise RequestError(
-                f"inputs are {given}; this model takes exactly one input, {layout.input_name!r} "
-                f"(GET /v2/models/{expected.name})",
-                kind="bad_input_name",
-            )
-        tensor = req.inputs[0]
-        size = (tensor.parameters or {}).get(BINARY_DATA_SIZE)
-        texts: list[str] | None = None
-        if layout.kind == "text":
-            raw_bytes: bytes | None = None
-            data: Any = None
-            if binary is not None or size is not None:
-                raw_bytes = binary_input(binary, size, tensor.data)
-            elif tensor.data is None:
-                raise RequestError(
-                    f"input {tensor.name!r} has no data; send `data` (a list of strings) or "
-                    f"its BYTES after the JSON header with parameters.{BINARY_DATA_SIZE}",
-                    kind="missing_data",
-                )
-            else:
-                data = payload["inputs"][0]["data"]
-            texts = text_tensor(
-                tensor.shape, tensor.datatype, data, raw_bytes, settings.max_instances
-            )
-            features = await tokenize(texts, "element")
-        elif binary is not None or size is not None:
-            data = binary_input(binary, size, tensor.data)
-            features = binary_tensor_array(
-                layout, tensor.shape, tensor.datatype, data, settings.max_instances
-            )
-        elif tensor.data is None:
-            raise RequestError(
-                f"input {tensor.name!r} has no data; send `data` (a list of numbers) or its "
-                f"bytes after the JSON header with parameters.{BINARY_DATA_SIZE}",
-                kind="missing_data",
-            )
-        else:
-            raw = payload["inputs"][0]["data"]
-            features = tensor_array(
-                layout, tensor.shape, tensor.datatype, raw, settings.max_instances
-            )
-        known = [spec.name for spec in expected.manifest.outputs]
-        if generates_text(expected):
-            known.insert(0, TEXT_OUTPUT)  # the generated ids, decoded by the server
-        wanted = [o.name for o in req.outputs] if req.outputs else known
-        unknown = [name for name in wanted if name not in known]
-        if unknown:
-            raise RequestError(
-                f"unknown output{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"this model has {', '.join(map(repr, known))}",
-                kind="bad_output_name",
-            )
-        outputs, model = await server.predict(features)
-        outputs = with_text(model, outputs)
-        ids = new_ids(len(features))
-        server.record(ids, model, logged(features), texts, outputs, started)
-        body = {
-            "model_name": model.name,
-            "model_version": model.version,
-            "id": req.id,
-            "parameters": {"prediction_ids": ids},
-            "outputs": [output_tensor(name, outputs[name]) for name in wanted if name in outputs],
-        }
-        return json_response(body, headers=model_headers(model))
-
-    infer_responses = {
-        **_ok(schemas.InferResponse, "The requested outputs, flat, row-major."),
-        **ERRORS,
-        404: v2_errors[404],
-    }
-
-    @app.post(
-        "/v2/models/{model_name}/infer",
-        tags=["v2"],
-        summary="Inference (Open Inference Protocol)",
-        response_model=schemas.InferResponse,
-        responses=infer_responses,
-        openapi_extra=_json_body(schemas.InferRequest),
-    )
-    async def v2_infer(model_name: str, request: Request) -> Response:
-        """One input tensor named as in the metadata (`features`), FP32 (or another numeric
-        type), shape `[rows, ...]` with data flat or nested; text models take a BYTES tensor
-        `text` of shape `[rows]`. Outputs `probabilities` or `value`, and `embedding` when
-        the model has one; a model that generates text answers `summary` (BYTES, one UTF-8
-        text per row) beside the generated ids `sequences`."""
-        return await infer(request, model_name, None)
-
-    @app.post(
-        "/v2/models/{model_name}/versions/{model_version}/infer",
-        tags=["v2"],
-        summary="Inference on a given version (404 unless it is the one served)",
-        response_model=schemas.InferResponse,
-        responses=infer_responses,
-        openapi_extra=_json_body(schemas.InferRequest),
-    )
-    async def v2_infer_version(model_name: str, model_version: str, request: Request) -> Response:
-        return await infer(request, model_name, model_version)
+    infer = add_v2_routes(app, server, settings)
 
     # -- admin ----------------------------------------------------------------------------------
 
@@ -650,7 +360,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         tags=["admin"],
         summary="Load the newest version of the served reference (or package folder) now",
         response_model=schemas.ReloadResponse,
-        responses={**_ok(schemas.ReloadResponse, "Swapped, or unchanged."), **ADMIN_ERRORS},
+        responses={**ok(schemas.ReloadResponse, "Swapped, or unchanged."), **ADMIN_ERRORS},
         dependencies=[Depends(admin)],
     )
     async def admin_reload() -> Response:
@@ -668,7 +378,7 @@ def create_app(settings: ServeSettings, *, tune_gc: bool = False) -> FastAPI:
         tags=["admin"],
         summary="Move the registry's champion back one version, then reload",
         response_model=schemas.ReloadResponse,
-        responses={**_ok(schemas.ReloadResponse, "Rolled back and reloaded."), **ADMIN_ERRORS},
+        responses={**ok(schemas.ReloadResponse, "Rolled back and reloaded."), **ADMIN_ERRORS},
         dependencies=[Depends(admin)],
     )
     async def admin_rollback(

@@ -84,6 +84,14 @@ def trim_padding(sequences: np.ndarray, pad_id: int | None) -> np.ndarray:
     return sequences[:, :width]
 
 
+def log_features(features: np.ndarray) -> np.ndarray:
+    """What the prediction log gets as features: texts go in as ``raw`` (the log and the
+    monitor describe the text, not its token ids), so a text row logs no array."""
+    if features.dtype.kind == "i":
+        return np.zeros((len(features), 0), dtype=np.float32)
+    return features
+
+
 def output_tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     """One V2 response output: texts as ``BYTES`` (a list of strings), numbers flat."""
     if value.dtype.kind in "US":
