@@ -333,58 +333,40 @@ def test_task_half_monitor_features_and_model_input(trained: Trained) -> None:
     assert ids.shape == (len(trained.documents), SOURCE_LENGTH)
 
 
-def _tiny_seq2seq(kind: str, vocab: int) -> Any:
-    """A small randomly initialised BART or T5 (no pretrained one installs here) whose
-    vocabulary is MiniLM's, so the bundled tokenizer serves it."""
-    from transformers import (
-        BartConfig,
-        BartForConditionalGeneration,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
+def _tiny_t5(folder: Path) -> Path:
+    """A small randomly initialised T5 (no pretrained one installs here) whose vocabulary
+    is MiniLM's, so the bundled tokenizer serves it; the BART twin is the ``tiny_bart``
+    fixture (tests/conftest.py)."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    if kind == "bart":
-        return BartForConditionalGeneration(
-            BartConfig(
-                vocab_size=vocab,
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=2,
-                decoder_attention_heads=2,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=128,
-                pad_token_id=0,
-                bos_token_id=101,
-                eos_token_id=102,
-                decoder_start_token_id=102,
-                forced_eos_token_id=None,
-            )
-        )
-    return T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=vocab,
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=2,
-            pad_token_id=0,
-            eos_token_id=102,
-            decoder_start_token_id=0,
-        )
+    from shipyard.tasks.text.training import backbone_path
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path(None))
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=102,
+        decoder_start_token_id=0,
     )
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.parametrize("kind", ["bart", "t5"])
 @pytest.mark.slow  # trains or exports a model
-def test_any_seq2seq_family_exports_and_decodes_alike(kind: str, tmp_path: Path) -> None:
+def test_any_seq2seq_family_exports_and_decodes_alike(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """model.family=seq2seq loads any AutoModelForSeq2SeqLM folder; the same export and
     decoding loop serve BART (learned positions) and T5 (relative attention bias)."""
     import torch
-    from transformers import AutoTokenizer
 
     from shipyard.tasks.summarize.generate import OnnxSummarizer
     from shipyard.tasks.summarize.onnx_export import export_seq2seq
@@ -395,13 +377,9 @@ def test_any_seq2seq_family_exports_and_decodes_alike(kind: str, tmp_path: Path)
         generate_ids,
         start_ids,
     )
-    from shipyard.tasks.text.training import backbone_path
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(backbone_path(None))
-    source = tmp_path / kind
-    _tiny_seq2seq(kind, len(tokenizer)).save_pretrained(source)
-    tokenizer.save_pretrained(source)
+    source = request.getfixturevalue("tiny_bart") if kind == "bart" else _tiny_t5(tmp_path / kind)
 
     half = SummarizeTraining()
     model = half.build(Seq2SeqConfig(family="seq2seq", backbone=str(source), max_source_length=32))

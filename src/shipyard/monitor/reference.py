@@ -129,12 +129,7 @@ def _score(
         return {}
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(inputs), BATCH):
-        chunk = inputs[start : start + BATCH]
-        if wanted is None:
-            answers = model.run(chunk)
-        else:
-            feed = {model.input_name: np.ascontiguousarray(chunk, dtype=model.input_dtype)}
-            answers = dict(zip(wanted, model.session.run(wanted, feed), strict=True))
+        answers = model.run(inputs[start : start + BATCH], wanted)
         for name, value in answers.items():
             parts.setdefault(name, []).append(np.asarray(value))
     outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -81,13 +81,15 @@ class ServedModel:
         """The token id that pads a batch of texts to its longest (None: not token ids)."""
         return self.tokenizer.pad_id if self.tokenizer is not None else None
 
-    def run(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, features: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """One ONNX Runtime call on a batch of rows (the input's dtype, batch axis first);
-        every output of the manifest, by name. Thread-safe: ORT sessions allow concurrent
-        ``run`` calls, and the batcher makes one at a time anyway."""
+        the outputs ``names`` (every output of the manifest by default), by name. Asking a
+        text generator for its ``embedding`` alone runs only its encoder. Thread-safe: ORT
+        sessions allow concurrent ``run`` calls, and the batcher makes one at a time anyway."""
+        wanted = names or self.output_names
         feed = {self.input_name: np.ascontiguousarray(features, dtype=self.input_dtype)}
-        values = self.session.run(self.output_names, feed)
-        return dict(zip(self.output_names, values, strict=True))
+        values = self.session.run(wanted, feed)
+        return dict(zip(wanted, values, strict=True))
 
     def decode_text(self, sequences: np.ndarray) -> list[str]:
         """Generated token ids (the ``sequences`` output of a model whose output kind is

@@ -22,7 +22,7 @@ from shipyard.tasks.summarize.training import (
     Seq2SeqConfig,
     SummarizeTraining,
     generate_ids,
-    shift_right,
+    teacher_forced_logits,
     token_loss,
 )
 from shipyard.tasks.text import texts_of
@@ -43,13 +43,10 @@ class Summarizer(nn.Module):
         self.start_id = int(special["decoder_start_token_id"])
 
     def forward(self, ids: Tensor, labels: Tensor) -> Tensor:
-        decoder_input_ids = shift_right(labels, self.start_id, self.pad_id)
-        logits: Tensor = self.model(
-            input_ids=ids,
-            attention_mask=(ids != self.pad_id).long(),
-            decoder_input_ids=decoder_input_ids,
-        ).logits
-        return logits
+        mask = (ids != self.pad_id).long()
+        return teacher_forced_logits(
+            self.model, ids, mask, labels, start=self.start_id, pad=self.pad_id
+        )
 
 
 class SummarizeHalf(SummarizeTraining):

@@ -327,22 +327,38 @@ def fit(
 
 
 def seq2seq_loss(model: nn.Module, batch: Batch) -> Tensor:
-    """Mean cross-entropy over the summary tokens (labels of -100 are ignored).
-
-    Teacher forcing made explicit (labels shifted right behind the start token) rather than
-    ``model(labels=...)``: the same code for every family, and the logits/labels pair is
-    what a generic training step scores (see :func:`token_loss`).
-    """
+    """Mean cross-entropy over the summary tokens (labels of -100 are ignored)."""
     config: Any = getattr(model, "config", None)
-    decoder_input_ids = shift_right(
-        batch.labels, int(config.decoder_start_token_id), int(config.pad_token_id)
+    logits = teacher_forced_logits(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.labels,
+        start=int(config.decoder_start_token_id),
+        pad=int(config.pad_token_id),
     )
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        decoder_input_ids=decoder_input_ids,
-    ).logits
     return token_loss(logits, batch.labels)
+
+
+def teacher_forced_logits(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    *,
+    start: int,
+    pad: int,
+) -> Tensor:
+    """Teacher forcing made explicit (labels shifted right behind the start token) rather
+    than ``model(labels=...)``: the same code for every family, and the logits/labels pair
+    is what a generic training step scores (see :func:`token_loss`). Used by the plain loop
+    (:func:`seq2seq_loss`) and by ``shipyard train`` (``half.Summarizer``)."""
+    logits: Tensor = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=shift_right(labels, start, pad),
+    ).logits
+    return logits
 
 
 def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -428,6 +444,7 @@ __all__ = [
     "shift_right",
     "special_ids",
     "start_ids",
+    "teacher_forced_logits",
     "token_loss",
     "trim",
 ]
