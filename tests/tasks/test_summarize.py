@@ -203,13 +203,30 @@ def test_unknown_family_and_missing_backbone_are_config_errors() -> None:
 def test_export_writes_three_graphs_and_the_spec(trained: Trained) -> None:
     files = {p.name for p in trained.folder.iterdir()}
     assert {"encoder.onnx", "decoder.onnx", "decoder_with_past.onnx"} <= files
-    assert {"generation.json", "tokenizer.json"} <= files
+    assert {"generation.json", "tokenizer.json", "weights.bin"} <= files
     spec = json.loads((trained.folder / "generation.json").read_text())
     assert spec == trained.spec
+    assert spec["weights"] == "weights.bin"
     assert (spec["layers"], spec["heads"], spec["head_dim"]) == (6, 12, 32)
     assert spec["decoder_start_token_id"] == 101
     assert spec["eos_token_id"] == 102
     assert trained.model.training is False  # export leaves the model in eval mode
+
+
+@pytest.mark.slow  # trains or exports a model
+def test_the_two_decoder_graphs_store_the_decoder_weights_once(trained: Trained) -> None:
+    """Both decoder graphs carry the whole decoder; in the package it is written once."""
+    from shipyard.export.shared_weights import graph_bytes
+
+    loaded = {
+        name: graph_bytes(trained.folder / name)
+        for name in ("encoder.onnx", "decoder.onnx", "decoder_with_past.onnx")
+    }
+    weights = (trained.folder / "weights.bin").stat().st_size
+    # the decoder's weights (more than a third of all the graphs read) are there once
+    assert loaded["decoder.onnx"] > sum(loaded.values()) / 3
+    assert weights < sum(loaded.values()) - 0.9 * loaded["decoder_with_past.onnx"]
+    assert all((trained.folder / name).stat().st_size < 2**20 for name in loaded)
 
 
 def _torch_ids(trained: Trained, ngram: int) -> list[list[int]]:

@@ -145,7 +145,9 @@ def test_the_package_is_three_graphs_a_spec_and_a_tokenizer(piped: Any) -> None:
     assert set(manifest.graph().latency) == {1, 8}
     assert [o.name for o in manifest.outputs] == ["sequences", "embedding"]
     assert manifest.outputs[1].shape == [None, 32]
-    assert {"tokenizer.json", "generation.json", "report.html"} <= set(manifest.files)
+    assert {"tokenizer.json", "generation.json", "weights.bin", "report.html"} <= set(
+        manifest.files
+    )
     assert manifest.tokenizer is not None
     assert manifest.tokenizer.max_length == 48
     spec = json.loads((package.path / "generation.json").read_text())

@@ -185,8 +185,11 @@ def sha256_file(path: Path) -> str:
 
 
 def describe_graph(path: Path, **fields: Any) -> GraphSpec:
-    """A :class:`GraphSpec` for an ONNX file in the package folder, with its checksum and size."""
-    return GraphSpec(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size, **fields)
+    """A :class:`GraphSpec` for an ONNX file in the package folder, with its checksum and size
+    (the external weights it reads included)."""
+    from shipyard.export.shared_weights import graph_bytes
+
+    return GraphSpec(file=path.name, sha256=sha256_file(path), bytes=graph_bytes(path), **fields)
 
 
 def checksums(folder: Path, names: list[str]) -> dict[str, str]:

@@ -68,7 +68,12 @@ def assemble_seq2seq(
 ) -> ModelPackage:
     """Write the package into ``staging`` and move it to ``destination``."""
     from shipyard.tasks import get_task
-    from shipyard.tasks.summarize.onnx_export import ENCODER_FILE, SPEC_FILE, export_seq2seq
+    from shipyard.tasks.summarize.onnx_export import (
+        ENCODER_FILE,
+        SPEC_FILE,
+        WEIGHTS_FILE,
+        export_seq2seq,
+    )
     from shipyard.tasks.summarize.training import start_ids
 
     task: Task = get_task(str(loaded.run_cfg.task.name))
@@ -153,7 +158,7 @@ def assemble_seq2seq(
         shipyard_version=version(),
     )
     (staging / REPORT).write_text(render_report(manifest, staging), encoding="utf-8")
-    files = checksums(staging, [*extra_files, SPEC_FILE, REPORT])
+    files = checksums(staging, [*extra_files, SPEC_FILE, WEIGHTS_FILE, REPORT])
     manifest = manifest.model_copy(update={"files": files})
     return save_package(staging, manifest, destination)
 
