@@ -270,6 +270,32 @@ def test_onnx_tokenizer_equals_training_tokenizer(trained: Trained) -> None:
     assert np.array_equal(mask, batch.attention_mask.numpy())
 
 
+def test_beam_candidates_are_the_top_of_a_stable_sort() -> None:
+    """Beam search picks each row's best candidates without sorting the whole row; the
+    picks and their order are a stable argsort's, ties and banned (-inf) tokens included."""
+    from shipyard.tasks.summarize.generate import _top
+
+    rng = np.random.default_rng(0)
+    rows = np.round(rng.normal(size=(5, 4000)), 1)  # rounded: many ties
+    rows[:, rng.integers(0, 4000, 500)] = -np.inf
+    rows[4] = -np.inf  # a row with nothing left
+    rows[4, [7, 3]] = [0.5, 0.5]
+    for k in (1, 8, 60, 4000):
+        stable = np.argsort(-rows, axis=1, kind="stable")
+        picked = _top(rows, k)
+        assert picked.shape == (5, k)
+        # the same values in the same order ...
+        assert np.array_equal(
+            np.take_along_axis(rows, picked, 1), np.take_along_axis(rows, stable[:, :k], 1)
+        )
+        # ... and the same indices wherever no tie straddles the k-th place
+        for row in range(5):
+            ordered = rows[row, stable[row]]
+            if k == rows.shape[1] or ordered[k - 1] != ordered[k]:
+                assert picked[row].tolist() == stable[row, :k].tolist()
+    assert _top(rows, 2)[4].tolist() == [3, 7]
+
+
 @pytest.mark.slow  # trains or exports a model
 def test_beam_search_is_valid_and_scores_at_least_greedy(trained: Trained) -> None:
     from shipyard.tasks.summarize.generate import OnnxSummarizer

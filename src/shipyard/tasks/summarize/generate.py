@@ -320,7 +320,7 @@ class OnnxSummarizer:
         for step in range(limit - 1):
             logp = _banned(_log_softmax(logits), state.prefix, ngram)
             candidates = (scores[:, None] + logp).reshape(docs, beams * vocab)
-            top = np.argsort(-candidates, axis=1, kind="stable")[:, : 2 * beams]
+            top = _top(candidates, 2 * beams)
             rows = np.empty(docs * beams, dtype=np.int64)
             tokens = np.full(docs * beams, self.pad_id, dtype=np.int64)
             new_scores = np.full(docs * beams, -np.inf)
@@ -358,6 +358,19 @@ class OnnxSummarizer:
             logits, state = self._next(state.take(rows), tokens, use_past)
         best = [hyps[0] if hyps else (0.0, 0.0, []) for hyps in finished]
         return Generated([h[2] for h in best], [h[1] for h in best])
+
+
+def _top(candidates: np.ndarray, k: int) -> np.ndarray:
+    """Each row's column indices of its ``k`` largest values, largest first, ties by index:
+    what a stable argsort of the negated rows gives, without sorting whole rows (a row is
+    beams x vocabulary wide; sorting it was 70% of beam search's time)."""
+    if k >= candidates.shape[1]:
+        return np.argsort(-candidates, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(candidates, part, axis=1)
+    order = np.lexsort((part, -values), axis=-1)
+    top: np.ndarray = np.take_along_axis(part, order, axis=1)
+    return top
 
 
 def _banned(logp: np.ndarray, prefixes: np.ndarray, n: int) -> np.ndarray:
