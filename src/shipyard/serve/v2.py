@@ -61,8 +61,8 @@ def add_v2_routes(app: FastAPI, server: Server, settings: ServeSettings) -> Infe
         responses={503: {"model": schemas.ServerReady, "description": "No model loaded (yet)."}},
     )
     async def ready() -> Response:
-        ok = server.holder.ready and server.batcher is not None
-        return json_response({"ready": ok}, 200 if ok else 503)
+        is_ready = server.holder.ready and server.batcher is not None
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     def served(name: str, version: str | None = None) -> ServedModel:
         model = server.holder.current
