@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -201,6 +202,40 @@ def wine_instances(frame: pd.DataFrame) -> list[dict[str, float | None]]:
         {k: (None if pd.isna(v) else float(v)) for k, v in row.items()}
         for row in frame.to_dict("records")
     ]
+
+
+def post_binary_texts(
+    client: httpx.Client,
+    name: str,
+    texts: list[str],
+    *,
+    shape: list[int] | None = None,
+    outputs: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """``POST /v2/models/NAME/infer`` with ``texts`` as a BYTES tensor in the binary data
+    extension: the JSON header, then each text as <uint32 LE length><UTF-8 bytes>."""
+    blob = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+    tensor = {
+        "name": "text",
+        "shape": shape or [len(texts), 1],
+        "datatype": "BYTES",
+        "parameters": {"binary_data_size": len(blob)},
+    }
+    request: dict[str, Any] = {"inputs": [tensor]}
+    if outputs:
+        request["outputs"] = [{"name": output} for output in outputs]
+    header = json.dumps(request).encode()
+    return client.post(
+        f"/v2/models/{name}/infer",
+        content=header + blob,
+        headers={"Inference-Header-Content-Length": str(len(header)), **(headers or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def binary_texts() -> Callable[..., httpx.Response]:
+    return post_binary_texts
 
 
 @pytest.fixture(scope="session")

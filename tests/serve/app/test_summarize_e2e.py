@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -101,10 +100,6 @@ def direct(package: ModelPackage, texts: list[str]) -> list[str]:
     return session.decode(sequences)
 
 
-def bytes_tensor(texts: list[str]) -> bytes:
-    return b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
-
-
 def test_predict_summaries_equal_the_session_and_batching_changes_nothing(
     summarizer: Summarizer, server: Any
 ) -> None:
@@ -128,7 +123,7 @@ def test_predict_summaries_equal_the_session_and_batching_changes_nothing(
 
 
 def test_v2_answers_a_bytes_summary_in_json_and_for_binary_input(
-    summarizer: Summarizer, server: Any
+    summarizer: Summarizer, server: Any, binary_texts: Callable[..., Any]
 ) -> None:
     from shipyard.serve.schemas import InferResponse, ModelMetadata
 
@@ -156,25 +151,7 @@ def test_v2_answers_a_bytes_summary_in_json_and_for_binary_input(
     assert outputs["embedding"]["shape"] == [2, 32]
     assert len(body["parameters"]["prediction_ids"]) == 2
 
-    blob = bytes_tensor(documents)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [2, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(blob)},
-                }
-            ],
-            "outputs": [{"name": "summary"}],
-        }
-    ).encode()
-    binary = client.post(
-        f"/v2/models/{NAME}/infer",
-        content=header + blob,
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+    binary = binary_texts(client, NAME, documents, outputs=["summary"])
     assert binary.status_code == 200, binary.text
     [only] = binary.json()["outputs"]
     assert (only["name"], only["datatype"], only["data"]) == ("summary", "BYTES", expected)

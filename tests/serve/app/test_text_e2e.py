@@ -6,7 +6,6 @@ the prediction log holding the texts, and the drift monitor comparing the embedd
 from __future__ import annotations
 
 import json
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,12 +62,9 @@ def server(text_model: TextModel, servers: Callable[..., Any]) -> Any:
     return servers(text_model.home, f"{NAME}@champion", "serve.max_instances=8")
 
 
-def bytes_tensor(texts: list[str]) -> bytes:
-    """The binary data extension's BYTES layout: <uint32 LE length><UTF-8 bytes> each."""
-    return b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
-
-
-def test_predict_and_v2_answer_alike(text_model: TextModel, server: Any) -> None:
+def test_predict_and_v2_answer_alike(
+    text_model: TextModel, server: Any, binary_texts: Callable[..., Any]
+) -> None:
     client = server.client()
     texts = ["Shares in the carmaker rose after strong sales.", "The striker scored twice."]
     predicted = client.post("/predict", json={"instances": [texts[0], {"text": texts[1]}]})
@@ -96,27 +92,12 @@ def test_predict_and_v2_answer_alike(text_model: TextModel, server: Any) -> None
         np.reshape(outputs["probabilities"]["data"], (2, 5)), probabilities, atol=1e-6
     )
 
-    blob = bytes_tensor(texts)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [2, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(blob)},
-                }
-            ],
-            "outputs": [{"name": "probabilities"}],
-        }
-    ).encode()
-    binary = client.post(
-        f"/v2/models/{NAME}/infer",
-        content=header + blob,
-        headers={
-            "Inference-Header-Content-Length": str(len(header)),
-            "Content-Type": "application/octet-stream",
-        },
+    binary = binary_texts(
+        client,
+        NAME,
+        texts,
+        outputs=["probabilities"],
+        headers={"Content-Type": "application/octet-stream"},
     )
     assert binary.status_code == 200, binary.text
     [only] = binary.json()["outputs"]
@@ -190,7 +171,7 @@ def test_uploads_are_refused_for_a_text_model(server: Any) -> None:
 
 
 def test_without_truncation_a_long_text_is_413_naming_the_limit(
-    text_model: TextModel, servers: Callable[..., Any]
+    text_model: TextModel, servers: Callable[..., Any], binary_texts: Callable[..., Any]
 ) -> None:
     strict = servers(text_model.home, f"{NAME}@champion", "serve.text_truncate=false")
     client = strict.client()
@@ -202,24 +183,7 @@ def test_without_truncation_a_long_text_is_413_naming_the_limit(
     assert "instance 1 is 102 tokens long" in body["error"]
     assert "at most 32 tokens" in body["error"]
     assert "serve.text_truncate=true" in body["error"]
-    blob = bytes_tensor(["word " * 40])
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(blob)},
-                }
-            ]
-        }
-    ).encode()
-    v2 = client.post(
-        f"/v2/models/{NAME}/infer",
-        content=header + blob,
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+    v2 = binary_texts(client, NAME, ["word " * 40], shape=[1])
     assert v2.status_code == 413
     assert "element 0 is 42 tokens long" in v2.json()["error"]
 
