@@ -62,16 +62,15 @@ def test_a_table_of_documents_and_summaries_is_a_summarize_source(
         }
     )
     frame.to_csv(path, index=False)
-    snapshot = prepare(
-        compose(
-            "task=summarize",
-            "data=text_csv",
-            f"data.path={path}",
-            "data.text_column=article",
-            "data.target=highlights",
-            "data.target_type=text",
-        )
-    ).snapshot
+    overrides = (
+        "task=summarize",
+        "data=text_csv",
+        f"data.path={path}",
+        "data.text_column=article",
+        "data.target=highlights",
+        "data.target_type=text",
+    )
+    snapshot = prepare(compose(*overrides)).snapshot
     assert snapshot.manifest["schema"]["target"]["kind"] == "text"
     train = snapshot.load("train")
     assert set(train.target) <= set(frame["highlights"])
@@ -79,16 +78,7 @@ def test_a_table_of_documents_and_summaries_is_a_summarize_source(
     frame.loc[3, "highlights"] = " "
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match="1 empty texts: a text target needs a reference"):
-        prepare(
-            compose(
-                "task=summarize",
-                "data=text_csv",
-                f"data.path={path}",
-                "data.text_column=article",
-                "data.target=highlights",
-                "data.target_type=text",
-            )
-        )
+        prepare(compose(*overrides))
 
 
 def test_a_task_that_predicts_classes_refuses_a_text_target(
